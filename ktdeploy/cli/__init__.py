@@ -1,0 +1,24 @@
+"""The `ktdeploy` command: a click group; each subcommand lives in its own module here."""
+
+from __future__ import annotations
+
+import click
+
+from ktdeploy import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ktdeploy")
+def main() -> None:
+    """Provision bare Linux GPU servers into DeepSeek-R1 endpoints, and see where they stand."""
+
+
+def _register() -> None:
+    from ktdeploy.cli import lab_cmd, provision_cmd
+
+    for module in (lab_cmd, provision_cmd):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

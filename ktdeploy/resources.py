@@ -1,0 +1,38 @@
+"""Where the shipped playbooks, roles, templates and ansible.cfg live.
+
+In a source checkout (editable install) they sit beside the package; in a wheel they are
+packed under ktdeploy/_share.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def share_dir() -> Path:
+    checkout = _PKG.parent
+    if (checkout / "playbooks" / "site.yml").is_file():
+        return checkout
+    return _PKG / "_share"
+
+
+def playbooks_dir() -> Path:
+    return share_dir() / "playbooks"
+
+
+def roles_dir() -> Path:
+    return share_dir() / "roles"
+
+
+def templates_dir() -> Path:
+    return share_dir() / "templates"
+
+
+def ansible_cfg() -> Path:
+    return share_dir() / "ansible.cfg"
+
+
+def sample_inventory() -> Path:
+    return share_dir() / "inventory" / "sample"
