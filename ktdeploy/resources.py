@@ -36,3 +36,19 @@ def ansible_cfg() -> Path:
 
 def sample_inventory() -> Path:
     return share_dir() / "inventory" / "sample"
+
+
+def ansible_bin(name: str) -> str:
+    """Path of an Ansible executable from the environment ktdeploy runs in (PATH as fallback)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        from ktdeploy.errors import BadInput
+
+        raise BadInput(f"{name} not found", hint="install ktdeploy with its dependencies (scripts/setup.sh)")
+    return found

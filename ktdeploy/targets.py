@@ -1,0 +1,153 @@
+"""Targets: what the user names on the command line, turned into Ansible inventory data.
+
+`host`, `user@host`, `user@host:port`, `[v6addr]:port` or an inventory file (`-i`). One parser for
+every command (provision, facts, preflight, download, status, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ktdeploy.errors import BadInput
+from ktdeploy.resources import ansible_bin
+
+_SPEC = re.compile(
+    r"""^(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@)?
+        (?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+))
+        (?::(?P<port>\d{1,5}))?$""",
+    re.X,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host as Ansible and Fabric see it."""
+
+    name: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+    hostvars: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def ansible_vars(self) -> dict:
+        out = dict(self.hostvars)
+        out["ansible_host"] = self.host
+        if self.user:
+            out["ansible_user"] = self.user
+        if self.port:
+            out["ansible_port"] = self.port
+        return out
+
+
+def parse_target(spec: str) -> Target:
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise BadInput(
+            f"cannot read target {spec!r}",
+            hint="name a host as HOST, USER@HOST or USER@HOST:PORT, or pass an inventory with -i",
+        )
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 0 < port < 65536:
+        raise BadInput(f"port {port} in {spec!r} is out of range", hint="use a port from 1 to 65535")
+    host = m["v6"] or m["host"]
+    return Target(name=host if port is None else f"{host}:{port}", host=host, user=m["user"], port=port)
+
+
+def parse_targets(specs: list[str]) -> list[Target]:
+    targets = [parse_target(s) for s in specs]
+    seen: set[str] = set()
+    for t in targets:
+        if t.name in seen:
+            raise BadInput(f"target {t.name} is named twice", hint="name each host once")
+        seen.add(t.name)
+    return targets
+
+
+def inventory_from_targets(targets: list[Target], group: str = "ktdeploy") -> dict:
+    """An Ansible YAML/JSON inventory holding the given targets in one group."""
+    return {"all": {"children": {group: {"hosts": {t.name: t.ansible_vars() for t in targets}}}}}
+
+
+def load_inventory(path: str | Path) -> dict:
+    """Read an inventory file or directory through `ansible-inventory --list`.
+
+    Returns Ansible's own JSON view; a malformed inventory raises BadInput naming the parser's
+    complaint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"inventory {path} does not exist", hint="pass an existing file or directory to -i")
+    proc = subprocess.run(
+        [ansible_bin("ansible-inventory"), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        env=_strict_inventory_env(),
+    )
+    if proc.returncode != 0:
+        raise BadInput(
+            f"inventory {path} cannot be read: {_first_error(proc.stderr)}",
+            hint="fix the file (YAML or INI inventory), or check it with `ansible-inventory -i PATH --list`",
+        )
+    data = json.loads(proc.stdout)
+    return data
+
+
+def targets_from_inventory(path: str | Path, limit: list[str] | None = None) -> list[Target]:
+    data = load_inventory(path)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    names = sorted(_all_hosts(data))
+    if not names:
+        raise BadInput(f"inventory {path} lists no hosts", hint="add hosts to it (see inventory/sample)")
+    if limit:
+        unknown = [n for n in limit if n not in names]
+        if unknown:
+            raise BadInput(
+                f"host(s) {', '.join(unknown)} not in inventory {path}",
+                hint=f"use one of: {', '.join(names)}",
+            )
+        names = [n for n in names if n in limit]
+    out = []
+    for n in names:
+        hv = hostvars.get(n, {})
+        port = hv.get("ansible_port")
+        out.append(
+            Target(
+                name=n,
+                host=str(hv.get("ansible_host", n)),
+                user=hv.get("ansible_user"),
+                port=int(port) if port else None,
+                hostvars=hv,
+            )
+        )
+    return out
+
+
+def _all_hosts(data: dict) -> set[str]:
+    hosts: set[str] = set(data.get("_meta", {}).get("hostvars", {}))
+    for key, group in data.items():
+        if key != "_meta" and isinstance(group, dict):
+            hosts.update(group.get("hosts", []))
+    return hosts
+
+
+def _strict_inventory_env() -> dict:
+    import os
+
+    env = dict(os.environ)
+    # By default Ansible only warns about an unparsable inventory and carries on with no hosts.
+    env["ANSIBLE_INVENTORY_UNPARSED_FAILED"] = "true"
+    env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "true"
+    return env
+
+
+def _first_error(stderr: str) -> str:
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith(("[ERROR]", "ERROR!")):
+            return line.split("]", 1)[-1].lstrip(": ").strip() if line.startswith("[ERROR]") else line[6:].strip()
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[0] if lines else "unknown error"

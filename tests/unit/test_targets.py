@@ -1,0 +1,60 @@
+import pytest
+
+from ktdeploy.errors import BadInput
+from ktdeploy.targets import inventory_from_targets, parse_target, parse_targets, targets_from_inventory
+
+
+@pytest.mark.parametrize(
+    "spec,host,user,port",
+    [
+        ("gpu1", "gpu1", None, None),
+        ("root@10.0.0.5", "10.0.0.5", "root", None),
+        ("deploy@gpu1.example.org:2222", "gpu1.example.org", "deploy", 2222),
+        ("[::1]:22", "::1", None, 22),
+        ("me@[fe80::1]", "fe80::1", "me", None),
+    ],
+)
+def test_parse_target_forms(spec, host, user, port):
+    t = parse_target(spec)
+    assert (t.host, t.user, t.port) == (host, user, port)
+
+
+@pytest.mark.parametrize("spec", ["", "a@@b", "host:", "host:99999", "user@", "ho st", "host:0"])
+def test_parse_target_rejects(spec):
+    with pytest.raises(BadInput) as e:
+        parse_target(spec)
+    assert "fix:" in str(e.value.message)
+
+
+def test_duplicate_targets_rejected():
+    with pytest.raises(BadInput, match="named twice"):
+        parse_targets(["a", "a"])
+
+
+def test_inventory_from_targets():
+    inv = inventory_from_targets(parse_targets(["u@h1:2200", "h2"]))
+    hosts = inv["all"]["children"]["ktdeploy"]["hosts"]
+    assert hosts["h1:2200"] == {"ansible_host": "h1", "ansible_user": "u", "ansible_port": 2200}
+    assert hosts["h2"] == {"ansible_host": "h2"}
+
+
+def test_inventory_file_and_limit(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    a:\n      ansible_host: 10.1.1.1\n      ansible_port: 2201\n    b: {}\n")
+    ts = targets_from_inventory(inv)
+    assert [(t.name, t.host, t.port) for t in ts] == [("a", "10.1.1.1", 2201), ("b", "b", None)]
+    assert [t.name for t in targets_from_inventory(inv, ["b"])] == ["b"]
+    with pytest.raises(BadInput, match="c not in inventory"):
+        targets_from_inventory(inv, ["c"])
+
+
+def test_malformed_inventory(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts: [unclosed\n")
+    with pytest.raises(BadInput, match="cannot be read"):
+        targets_from_inventory(inv)
+
+
+def test_missing_inventory(tmp_path):
+    with pytest.raises(BadInput, match="does not exist"):
+        targets_from_inventory(tmp_path / "nope.yml")
