@@ -1,0 +1,37 @@
+"""Helpers to run the status probe locally, exactly as shipped, against fake state dirs."""
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+from ktdeploy import status as st
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def write_stage(state_dir: Path, role: str, record: dict) -> None:
+    (state_dir / "stages").mkdir(parents=True, exist_ok=True)
+    (state_dir / "stages" / f"{role}.json").write_text(json.dumps(record))
+
+
+def serve_record(api_port: int, webui_port: int | None = None, model: str = "test-model") -> dict:
+    services = {"api": {"unit": "ktdeploy-api", "port": api_port, "model": model}}
+    if webui_port:
+        services["webui"] = {"unit": "ktdeploy-webui", "port": webui_port}
+    return {"services": services}
+
+
+def run_probe_locally(cfg: dict, env: dict | None = None, timeout: float = 60) -> dict:
+    """Run the same shell script `ktdeploy status` sends over SSH, here through bash."""
+    proc = subprocess.run(
+        ["bash", "-c", st.probe_script(cfg)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -1,0 +1,195 @@
+"""The host-side probe, run here exactly as shipped, against a fake OpenAI server on loopback and fake
+state dirs; its parsers against recorded systemctl/supervisorctl outputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ktdeploy import status as st
+from ktdeploy.hostside import status_probe as sp
+from tests.support import fake_openai
+from tests.support.probe_env import free_port, run_probe_locally, serve_record, write_stage
+
+RECORDED = Path(__file__).parent / "recorded"
+
+
+@pytest.fixture
+def server():
+    srv = fake_openai.serve_in_thread(model="test-model", token_delay=0.002)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_probe_reads_stages_plan_and_checks_api_and_webui(tmp_path, server):
+    port = server.server_address[1]
+    write_stage(tmp_path, "base", {"base_data_dir": "/srv/ktdeploy"})
+    write_stage(tmp_path, "serve", serve_record(port, webui_port=port))
+    (tmp_path / "plan.json").write_text(json.dumps({"summary": {"variant": "UD-IQ1_S", "gpus": 1}, "rules": []}))
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "deep": True})
+    assert sorted(out["stages"]) == ["base", "serve"]
+    assert out["plan"] == {"variant": "UD-IQ1_S", "gpus": 1}
+    assert out["services_declared"] and [s["port"] for s in out["services"]] == [port, port]
+    assert out["api"]["ok"] and out["api"]["listed"] and out["api"]["models"] == ["test-model"]
+    assert out["webui"]["ok"] and out["webui"]["status"] == 200
+    deep = out["deep"]
+    assert deep["completion"]["ok"] and deep["completion"]["finish_reason"] == "length"
+    assert deep["stream"]["ok"] and deep["stream"]["completion_tokens"] == 16
+    assert 0 < deep["stream"]["ttft_s"] < 5 and deep["stream"]["tokens_per_s"] > 0
+    assert out["download"]["state"] == "unknown"
+    checks = {c.name: c.level for c in st.evaluate(out)}
+    assert checks["api"] == checks["webui"] == checks["stream"] == "ok"
+
+
+def test_probe_reports_wrong_model_and_closed_ports(tmp_path, server):
+    port = server.server_address[1]
+    write_stage(tmp_path, "serve", serve_record(port, webui_port=free_port(), model="DeepSeek-R1"))
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
+    assert out["api"]["ok"] and not out["api"]["listed"]
+    assert not out["webui"]["ok"] and "refused" in out["webui"]["error"]
+    levels = {c.name: c.level for c in st.evaluate(out)}
+    assert levels["api"] == "failed" and levels["webui"] == "degraded"
+
+
+def test_probe_on_a_bare_host_uses_the_documented_names(tmp_path):
+    out = run_probe_locally({"state_dir": str(tmp_path / "none"), "manager": "none"})
+    assert not out["services_declared"] and out["stages"] == {} and out["plan"] is None
+    assert {s["unit"]: s["port"] for s in out["services"]} == {"ktdeploy-api": 10002, "ktdeploy-webui": 8080}
+
+
+def test_unreadable_record_is_reported_not_fatal(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "base.json").write_text("{not json")
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
+    assert any("base.json" in e for e in out["errors"])
+
+
+def test_download_module_is_called_and_its_failure_contained(tmp_path):
+    module = "def status_report(d):\n    return {'state': 'running', 'downloads': [{'name': 'r1', 'state': 'running', 'bytes_done': 1, 'bytes_total': 4}], 'dir': d}\n"
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "download_module": module})
+    assert out["download"]["state"] == "running" and out["download"]["dir"] == str(tmp_path)
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "download_module": "def status_report(d):\n    1/0\n"})
+    assert out["download"]["state"] == "unknown" and any("ZeroDivisionError" in e for e in out["errors"])
+
+
+def test_stream_without_done_is_an_error():
+    lines = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n']
+    out = sp.read_sse(lines, time.monotonic(), time.monotonic() + 5)
+    assert not out["ok"] and "without [DONE]" in out["error"]
+
+
+def test_sse_usage_and_llama_timings():
+    t0 = time.monotonic()
+    lines = [b": ping\n", b"\n", b'data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}\n',
+             b'data: {"choices":[{"delta":{"content":"a"}}]}\n',
+             b'data: {"choices":[],"usage":{"completion_tokens":7},"timings":{"predicted_per_second":21.5}}\n',
+             b"data: [DONE]\n"]
+    out = sp.read_sse(lines, t0, t0 + 5)
+    assert out["ok"] and out["completion_tokens"] == 7 and out["content_deltas"] == 2
+    assert out["server_tokens_per_s"] == 21.5
+
+
+def test_parse_systemctl_show_recorded():
+    text = (RECORDED / "systemctl_show.txt").read_text()
+    blocks = sp.parse_systemctl_show(text)
+    entries = [sp.systemd_entry(b) for b in blocks]
+    assert [e["state"] for e in entries] == ["active", "failed", "not-found"]
+    assert entries[0]["pid"] and entries[0]["restarts"] == 0
+    assert entries[1]["result"] == "exit-code" and entries[1]["restarts"] >= 1
+
+
+def test_parse_supervisorctl_status_recorded():
+    text = (RECORDED / "supervisorctl_status.txt").read_text()
+    states = sp.parse_supervisorctl_status(text)
+    assert states["ktdeploy-api"]["state"] == "active" and states["ktdeploy-api"]["pid"]
+    assert states["ktdeploy-webui"]["state"] == "failed" and states["ktdeploy-webui"]["raw"] == "FATAL"
+    assert "nosuch" not in states
+
+
+def test_unexpected_exits_counted_from_recorded_supervisord_log():
+    lines = (RECORDED / "supervisord.log").read_text().splitlines()
+    assert sp.count_unexpected_exits(lines, ["ktdeploy-api", "ktdeploy-webui"]) == {"ktdeploy-api": 0, "ktdeploy-webui": 2}
+
+
+def test_unexpected_exits_counted_since_last_start():
+    lines = [
+        "2026-11-29 01:00:00,000 INFO supervisord started with pid 1",
+        "2026-11-29 01:00:01,000 INFO exited: ktdeploy-api (terminated by SIGKILL; not expected)",
+        "2026-11-29 01:00:02,000 INFO supervisord started with pid 9",
+        "2026-11-29 01:00:03,000 INFO exited: ktdeploy-api (terminated by SIGKILL; not expected)",
+        "2026-11-29 01:00:04,000 INFO exited: ktdeploy-api (exit status 0; expected)",
+        "2026-11-29 01:00:05,000 INFO exited: ktdeploy-webui (exit status 1; not expected)",
+    ]
+    assert sp.count_unexpected_exits(lines, ["ktdeploy-api", "ktdeploy-webui"]) == {"ktdeploy-api": 1, "ktdeploy-webui": 1}
+
+
+@pytest.fixture
+def supervisord(tmp_path):
+    """A real supervisord (PyPI supervisor) running the fake server as program ktdeploy-api."""
+    port = free_port()
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        f"""[unix_http_server]
+file={tmp_path}/supervisor.sock
+[supervisord]
+logfile={tmp_path}/supervisord.log
+pidfile={tmp_path}/supervisord.pid
+nodaemon=true
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{tmp_path}/supervisor.sock
+[program:ktdeploy-api]
+command={sys.executable} {fake_openai.__file__} --port {port} --model test-model
+autorestart=true
+startsecs=1
+stdout_logfile={tmp_path}/ktdeploy-api.log
+redirect_stderr=true
+"""
+    )
+    bindir = Path(sys.executable).parent
+    proc = subprocess.Popen([str(bindir / "supervisord"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    try:
+        yield conf, port, env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_supervisord_program_state_and_restart_count(tmp_path, supervisord):
+    conf, port, env = supervisord
+    write_stage(tmp_path / "state", "serve", serve_record(port))
+    cfg = {"state_dir": str(tmp_path / "state"), "manager": "supervisord", "supervisor_conf": str(conf)}
+
+    def running():
+        out = run_probe_locally(cfg, env=env)
+        api = out["services"][0]
+        return out if api["state"] == "active" and out["api"]["ok"] else None
+
+    out = _wait_for(running)
+    assert out["manager"] == "supervisord" and out["services"][0]["restarts"] == 0
+    assert st.verdict(st.evaluate(out)) == "ok"
+    os.kill(out["services"][0]["pid"], signal.SIGKILL)
+    again = _wait_for(lambda: (o := running()) and o["services"][0]["pid"] != out["services"][0]["pid"] and o)
+    assert again["services"][0]["restarts"] == 1
