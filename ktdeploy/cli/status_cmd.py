@@ -169,7 +169,9 @@ def logs(host, service, inventory, follow, lines):
             r = conn.run(st.as_root_if_possible(cmd), hide=False, warn=True, pty=follow, in_stream=False)
         except KeyboardInterrupt:
             return
-    if r.exited not in (0, 130):
+    if follow:  # ended by Ctrl-C (the remote side sees it through the pty)
+        return
+    if r.exited != 0:
         raise KtdeployError(f"{cmd!r} failed on {target.name} (exit {r.exited})")
 
 

@@ -5,6 +5,7 @@ shape). The reply is a fixed text, one word per token, with an optional delay pe
 loopback (or a lab address given explicitly) and serves until it is stopped.
 
     python3 fake_openai.py --port 10002 --model test-model [--port-file F] [--token-delay 0.01]
+    python3 fake_openai.py --wait-for http://127.0.0.1:10002/v1/models   # exit 0 once it answers (10 s max)
 """
 
 import argparse
@@ -14,6 +15,7 @@ import re
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DEFAULT_REPLY = "<think>\nThe user wants a greeting. I will greet.\n</think>\n\nHello! I am a small test model."
@@ -117,6 +119,19 @@ def serve_in_thread(**kwargs):
     return server
 
 
+def wait_for(url, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return 0
+        except OSError:
+            time.sleep(0.1)
+    sys.stderr.write("%s did not answer within %.0f s\n" % (url, timeout))
+    return 1
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -125,7 +140,10 @@ def main(argv=None):
     ap.add_argument("--reply", default=DEFAULT_REPLY)
     ap.add_argument("--token-delay", type=float, default=0.0, help="seconds per streamed token")
     ap.add_argument("--port-file", help="write the bound port here once listening")
+    ap.add_argument("--wait-for", metavar="URL", help="only wait until URL answers 200 (10 s at most), then exit")
     args = ap.parse_args(argv)
+    if args.wait_for:
+        sys.exit(wait_for(args.wait_for))
     server = make_server(args.host, args.port, args.model, args.reply, args.token_delay)
     if args.port_file:
         tmp = args.port_file + ".tmp"
