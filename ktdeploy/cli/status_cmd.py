@@ -144,7 +144,7 @@ def logs_command(manager: str, services: list[dict], lines: int, follow: bool) -
         return f"journalctl --no-pager -o short-iso {units} -n {lines}" + (" -f" if follow else "")
     if manager == "supervisord":
         files = " ".join(shlex.quote(s.get("log") or f"/var/log/ktdeploy/{s['unit']}.log") for s in services)
-        return f"tail -n {lines} {'-F' if follow else ''} {files}"
+        return f"tail -n {lines}" + (" -F " if follow else " ") + files
     raise KtdeployError("this host has neither systemd nor supervisord; no service logs to show")
 
 

@@ -1,0 +1,62 @@
+"""The status command's own behaviour: input errors, unreachable hosts, --watch rounds and Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from ktdeploy.cli import main
+from tests.support.probe_env import free_port
+
+KTDEPLOY = os.path.join(os.path.dirname(sys.executable), "ktdeploy")
+
+
+def test_no_host_and_bad_interval_are_bad_input():
+    r = CliRunner().invoke(main, ["status"])
+    assert r.exit_code == 2 and "no host given" in r.output
+    r = CliRunner().invoke(main, ["status", "h", "--interval", "0.1", "--watch"])
+    assert r.exit_code == 2 and "--interval" in r.output
+
+
+def test_refused_host_is_unreachable_in_table_and_json():
+    spec = f"nobody@127.0.0.1:{free_port()}"
+    r = CliRunner().invoke(main, ["status", spec])
+    assert r.exit_code == 3 and "unreachable" in r.output and "refused" in r.output
+    r = CliRunner().invoke(main, ["status", spec, "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 3 and doc["hosts"][0]["verdict"] == "unreachable" and doc["hosts"][0]["probe"] is None
+
+
+def test_watch_json_prints_a_document_per_round_until_ctrl_c():
+    proc = subprocess.Popen([KTDEPLOY, "status", f"nobody@127.0.0.1:{free_port()}", "--watch", "--json", "--interval", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(lines) < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(json.loads(line))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert len(lines) == 2 and all(d["verdict"] == "unreachable" for d in lines)
+    assert proc.returncode == 3
+
+
+def test_logs_command_per_manager():
+    from ktdeploy.cli.status_cmd import logs_command
+
+    svcs = [{"role": "api", "unit": "ktdeploy-api"}, {"role": "webui", "unit": "ktdeploy-webui", "log": "/var/log/w.log"}]
+    assert logs_command("systemd", svcs, 50, True) == "journalctl --no-pager -o short-iso -u ktdeploy-api -u ktdeploy-webui -n 50 -f"
+    assert logs_command("supervisord", svcs[:1], 5, True) == "tail -n 5 -F /var/log/ktdeploy/ktdeploy-api.log"
+    assert logs_command("supervisord", svcs, 5, False) == "tail -n 5 /var/log/ktdeploy/ktdeploy-api.log /var/log/w.log"
