@@ -11,8 +11,9 @@ import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 
-from ktdeploy import exitcodes, hostside
+from ktdeploy import exitcodes
 from ktdeploy.remote import HostResult, on_hosts, run_script
 from ktdeploy.targets import Target
 
@@ -76,19 +77,20 @@ class HostStatus:
 
 
 def probe_config(target: Target, *, deep: bool = False, model: str | None = None) -> dict:
-    cfg: dict = {"state_dir": target.hostvars.get("base_state_dir", STATE_DIR), "deep": deep}
+    hv = target.hostvars
+    cfg: dict = {"state_dir": hv.get("base_state_dir", STATE_DIR), "deep": deep}
+    for key, var in (("download_lib_dir", "model_download_lib_dir"), ("downloads_dir", "model_download_jobs_dir")):
+        if hv.get(var):
+            cfg[key] = hv[var]
     if model:
         cfg["model"] = model
-    download = hostside.source("download_state")
-    if download:
-        cfg["download_module"] = download
     return cfg
 
 
 def probe_script(cfg: dict) -> str:
     """A shell script that runs the probe with python3 (through sudo -n when we are not root and may)."""
-    probe = hostside.source("status_probe")
-    assert probe is not None and _HEREDOC_END not in probe
+    probe = files("ktdeploy.hostside").joinpath("status_probe.py").read_text()
+    assert _HEREDOC_END not in probe
     return "\n".join(
         [
             f"cfg={shlex.quote(json.dumps(cfg))}",
@@ -262,24 +264,28 @@ def _deep_checks(deep: dict) -> list[Check]:
 
 def _download_check(dl: dict) -> Check | None:
     state = dl.get("state")
-    if state in (None, "unknown", "none"):
-        return Check("download", "ok", dl.get("why") or "no download recorded") if state == "unknown" else None
-    items = dl.get("downloads") or []
-    parts = [_download_line(d) for d in items] or [state]
-    text = "; ".join(parts)
+    if state == "unknown":
+        return Check("download", "ok", dl.get("why") or "download progress unknown")
+    if state in (None, "none"):
+        return None
+    text = "; ".join(_download_line(d) for d in dl.get("downloads") or []) or state
     if state == "failed":
         return Check("download", "failed", text)
-    if state in ("running", "stopped"):
-        hint = "" if state == "running" else " (interrupted; re-run `ktdeploy download` to resume)"
-        return Check("download", "degraded", text + hint)
+    if state == "stopped":
+        return Check("download", "degraded", text + " (re-run `ktdeploy download` to resume)")
+    if state == "running":
+        return Check("download", "degraded", text)
     return Check("download", "ok", text)
 
 
 def _download_line(d: dict) -> str:
-    done, total = d.get("bytes_done"), d.get("bytes_total")
-    line = f"{d.get('name', 'download')} {d.get('state', '')}".strip()
-    if done is not None and total:
-        line += f" {100 * done / total:.1f}% ({_gb(done)}/{_gb(total)} GB)"
+    """One download as the download state module reports it (docs/architecture.md, "Download status")."""
+    line = f"{d.get('name', 'download')} {d.get('phase', '')}".strip()
+    done, total = d.get("done_bytes"), d.get("total_bytes")
+    if d.get("percent") is not None and total:
+        line += f" {d['percent']:.1f}% ({_gb(done or 0)}/{_gb(total)} GB)"
+    if d.get("rate_bps"):
+        line += f", {d['rate_bps'] / 1e6:.1f} MB/s"
     if d.get("eta_s"):
         line += f", ETA {int(d['eta_s'])} s"
     if d.get("error"):

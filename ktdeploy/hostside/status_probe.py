@@ -9,20 +9,22 @@ Keep it compatible with Python 3.8 (hosts bring their own python3).
 import configparser
 import glob
 import http.client
+import importlib.util
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
 import sys
 import time
-import types
 
 PROBE_VERSION = 1
 DEFAULT_SERVICES = {
     "api": {"unit": "ktdeploy-api", "port": 10002, "health": "/v1/models"},
     "webui": {"unit": "ktdeploy-webui", "port": 8080, "health": "/health"},
 }
+DOWNLOAD_LIB_DIR = "/usr/local/lib/ktdeploy"
 SUPERVISOR_CONF = "/etc/supervisor/supervisord.conf"
 SUPERVISOR_LOG = "/var/log/supervisor/supervisord.log"
 MAX_RECORD_BYTES = 65536
@@ -118,20 +120,30 @@ def declared_services(stages):
 
 
 def download_state(cfg, state_dir, errors):
-    """Progress from the download state module when ktdeploy shipped it along; else unknown."""
-    src = cfg.get("download_module")
-    if not src:
-        return {"state": "unknown", "why": "this ktdeploy has no download state module"}
-    module = types.ModuleType("download_state")
+    """Progress of every download, from the download state module the download role installed."""
+    lib = cfg.get("download_lib_dir") or DOWNLOAD_LIB_DIR
+    jobs = cfg.get("downloads_dir") or os.path.join(state_dir, "downloads")
+    path = os.path.join(lib, "download_state.py")
+    if not os.path.isfile(path):
+        return {"state": "unknown", "why": "no download state module on the host (%s)" % path}
     try:
-        exec(compile(src, "download_state.py", "exec"), module.__dict__)
-        report = getattr(module, "status_report", None)
-        if report is None:
-            return {"state": "unknown", "why": "download state module has no status_report()"}
-        return report(state_dir)
+        spec = importlib.util.spec_from_file_location("ktdeploy_download_state", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        downloads = module.status_all(pathlib.Path(jobs))
     except Exception as exc:  # a broken module must not hide the rest of the status
         errors.append("download state: %s: %s" % (type(exc).__name__, exc))
         return {"state": "unknown", "why": "download state module failed: %s" % exc}
+    return {"state": overall_download_state(downloads), "downloads": downloads}
+
+
+def overall_download_state(downloads):
+    phases = {d.get("phase") for d in downloads}
+    for state, among in (("failed", {"failed", "refused"}), ("running", {"planned", "downloading", "verifying"}),
+                         ("stopped", {"interrupted", "unknown"})):
+        if phases & among:
+            return state
+    return "done" if downloads else "none"
 
 
 # --- services -------------------------------------------------------------------------------------

@@ -62,8 +62,11 @@ def test_status_of_four_hosts_in_mixed_states(lab_hosts, tmp_path):
     assert r.returncode == 3 and doc["verdict"] == "unreachable" and doc["exit_code"] == 3, r.stderr
     assert by[down.name]["verdict"] == "unreachable" and "SSH" in by[down.name]["error"]
     assert by[failed.name]["verdict"] == "failed" and "ktdeploy-api failed" in by[failed.name]["summary"]
-    assert by[downloading.name]["verdict"] == "degraded" and "not deployed yet" in by[downloading.name]["summary"]
-    assert "base, python_env" in json.dumps(by[downloading.name]["checks"])
+    mid = by[downloading.name]
+    assert mid["verdict"] == "degraded" and "not deployed yet" in mid["summary"]
+    assert "base, python_env" in json.dumps(mid["checks"])
+    if files("ktdeploy.hostside").joinpath("download_state.py").is_file():  # once the download role landed
+        assert "r1-gguf interrupted 75.0%" in mid["summary"]
     ok = by[serving.name]
     assert ok["verdict"] == "ok", ok["summary"]
     assert ok["probe"]["api"]["models"] == [ls.MODEL] and ok["probe"]["manager"] == "systemd"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -64,12 +65,27 @@ def make_failed_unit(host) -> None:
 
 
 def make_mid_download(host) -> None:
-    """Base stages done, model shards partly on disk, no services yet."""
+    """Base stages done, a download job half way (as the model_download role lays it out), no services.
+
+    The download state module is installed where the role puts it when this ktdeploy ships it.
+    """
     write_stage(host, "base", {"base_data_dir": "/srv/ktdeploy"})
     write_stage(host, "python_env", {"python_env_backend": "venv"})
-    sh(host, "mkdir -p /srv/ktdeploy/models/DeepSeek-R1-GGUF && cd /srv/ktdeploy/models/DeepSeek-R1-GGUF && "
-             "head -c 3000000 /dev/zero > DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf && "
-             "head -c 1000000 /dev/zero > DeepSeek-R1-UD-IQ1_S-00002-of-00003.gguf.incomplete")
+    module = files("ktdeploy.hostside").joinpath("download_state.py")
+    if module.is_file():
+        sh(host, "mkdir -p /usr/local/lib/ktdeploy && cat > /usr/local/lib/ktdeploy/download_state.py",
+           input=module.read_text())
+    dest, job = "/srv/ktdeploy/models/DeepSeek-R1-GGUF", f"{STATE_DIR}/downloads/r1-gguf"
+    shards = [f"DeepSeek-R1-UD-IQ1_S-0000{i}-of-00002.gguf" for i in (1, 2)]
+    docs = {
+        "job.json": {"source": "modelscope", "repo": "unsloth/DeepSeek-R1-GGUF", "dest": dest},
+        "manifest.json": {"files": [{"path": p, "size": 2_000_000, "sha256": "0" * 64} for p in shards]},
+        "state.json": {"phase": "downloading"},
+    }
+    sh(host, f"mkdir -p {job} {dest}")
+    for name, doc in docs.items():
+        sh(host, f"cat > {job}/{name}", input=json.dumps(doc))
+    sh(host, f"head -c 2000000 /dev/zero > {dest}/{shards[0]} && head -c 1000000 /dev/zero > {dest}/{shards[1]}.incomplete")
 
 
 def main_pid(host, unit: str) -> int:

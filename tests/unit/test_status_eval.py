@@ -18,7 +18,8 @@ SERVING = {
     "errors": [],
     "plan": {"model": "DeepSeek-R1-UD-IQ1_S"},
     "stages": {"base": {"record": {}, "mtime": 1.0}, "serve": {"record": {"services": {}}, "mtime": 2.0}},
-    "download": {"state": "done", "downloads": [{"name": "r1-gguf", "state": "done", "bytes_done": 10, "bytes_total": 10}]},
+    "download": {"state": "done", "downloads": [{"name": "r1-gguf", "phase": "complete", "done_bytes": 10,
+                                                  "total_bytes": 10, "percent": 100.0}]},
     "manager": "systemd",
     "services_declared": True,
     "services": [
@@ -111,18 +112,21 @@ def test_webui_down_makes_host_degraded():
 @pytest.mark.parametrize(
     "download, level",
     [
-        ({"state": "running", "downloads": [{"name": "r1", "state": "running", "bytes_done": 5 * 10**9,
-                                              "bytes_total": 20 * 10**9, "eta_s": 60}]}, "degraded"),
-        ({"state": "stopped", "downloads": []}, "degraded"),
-        ({"state": "failed", "downloads": [{"name": "r1", "state": "failed", "error": "sha256 mismatch"}]}, "failed"),
-        ({"state": "unknown", "why": "this ktdeploy has no download state module"}, "ok"),
+        ({"state": "running", "downloads": [{"name": "r1", "phase": "downloading", "done_bytes": 5 * 10**9,
+                                              "total_bytes": 20 * 10**9, "percent": 25.0, "rate_bps": 2e7,
+                                              "eta_s": 60}]}, "degraded"),
+        ({"state": "stopped", "downloads": [{"name": "r1", "phase": "interrupted"}]}, "degraded"),
+        ({"state": "failed", "downloads": [{"name": "r1", "phase": "failed", "error": "sha256 mismatch"}]}, "failed"),
+        ({"state": "unknown", "why": "no download state module on the host"}, "ok"),
     ],
 )
 def test_download_states(download, level):
     checks = {c.name: c for c in st.evaluate(probe(download=download))}
     assert checks["download"].level == level
     if download["state"] == "running":
-        assert "25.0% (5.00/20.00 GB), ETA 60 s" in checks["download"].detail
+        assert checks["download"].detail == "r1 downloading 25.0% (5.00/20.00 GB), 20.0 MB/s, ETA 60 s"
+    if download["state"] == "stopped":
+        assert "re-run `ktdeploy download` to resume" in checks["download"].detail
 
 
 def test_no_download_recorded_adds_no_check():

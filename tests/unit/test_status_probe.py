@@ -70,12 +70,50 @@ def test_unreadable_record_is_reported_not_fatal(tmp_path):
     assert any("base.json" in e for e in out["errors"])
 
 
-def test_download_module_is_called_and_its_failure_contained(tmp_path):
-    module = "def status_report(d):\n    return {'state': 'running', 'downloads': [{'name': 'r1', 'state': 'running', 'bytes_done': 1, 'bytes_total': 4}], 'dir': d}\n"
-    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "download_module": module})
-    assert out["download"]["state"] == "running" and out["download"]["dir"] == str(tmp_path)
-    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "download_module": "def status_report(d):\n    1/0\n"})
+def test_download_module_on_the_host_is_called_and_its_failure_contained(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "download_state.py").write_text(
+        "def status_all(d):\n    return [{'name': d.name, 'phase': 'downloading', 'percent': 25.0}]\n")
+    cfg = {"state_dir": str(tmp_path), "manager": "none", "download_lib_dir": str(lib)}
+    out = run_probe_locally(cfg)
+    assert out["download"] == {"state": "running", "downloads": [{"name": "downloads", "phase": "downloading", "percent": 25.0}]}
+    (lib / "download_state.py").write_text("def status_all(d):\n    1/0\n")
+    out = run_probe_locally(cfg)
     assert out["download"]["state"] == "unknown" and any("ZeroDivisionError" in e for e in out["errors"])
+    out = run_probe_locally(dict(cfg, download_lib_dir=str(tmp_path / "absent")))
+    assert out["download"]["state"] == "unknown" and "no download state module" in out["download"]["why"]
+
+
+@pytest.mark.parametrize(
+    "phases, state",
+    [([], "none"), (["complete"], "done"), (["complete", "downloading"], "running"),
+     (["interrupted", "complete"], "stopped"), (["refused", "downloading"], "failed")],
+)
+def test_overall_download_state(phases, state):
+    assert sp.overall_download_state([{"phase": p} for p in phases]) == state
+
+
+def test_real_download_state_module_reports_an_interrupted_download(tmp_path):
+    """With the download role's own module (ktdeploy/hostside/download_state.py) installed as the role does."""
+    real = pytest.importorskip("ktdeploy.hostside.download_state")
+    lib, jobs, dest = tmp_path / "lib", tmp_path / "state" / "downloads", tmp_path / "models"
+    lib.mkdir()
+    (lib / "download_state.py").write_text(Path(real.__file__).read_text())
+    job = jobs / "r1-gguf"
+    job.mkdir(parents=True)
+    dest.mkdir()
+    shards = [f"DeepSeek-R1-UD-IQ1_S-0000{i}-of-00002.gguf" for i in (1, 2)]
+    (job / "job.json").write_text(json.dumps({"source": "modelscope", "repo": "unsloth/DeepSeek-R1-GGUF", "dest": str(dest)}))
+    (job / "manifest.json").write_text(json.dumps({"files": [{"path": p, "size": 1000, "sha256": "0" * 64} for p in shards]}))
+    (job / "state.json").write_text(json.dumps({"phase": "downloading"}))
+    (dest / shards[0]).write_bytes(b"x" * 1000)
+    (dest / (shards[1] + ".incomplete")).write_bytes(b"x" * 500)
+    out = run_probe_locally({"state_dir": str(tmp_path / "state"), "manager": "none", "download_lib_dir": str(lib)})
+    (d,) = out["download"]["downloads"]
+    assert out["download"]["state"] == "stopped" and d["phase"] == "interrupted" and d["percent"] == 75.0
+    (check,) = [c for c in st.evaluate(out) if c.name == "download"]
+    assert check.level == "degraded" and "r1-gguf interrupted 75.0%" in check.detail
 
 
 def test_stream_without_done_is_an_error():
