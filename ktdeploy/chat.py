@@ -101,11 +101,11 @@ def free_local_port() -> int:
 
 
 @contextmanager
-def tunnel(conn, remote_port: int, wait_s: float = 5.0) -> Iterator[int]:
-    """Forward a free local port to 127.0.0.1:remote_port on the host; yields the local port."""
+def tunnel(conn, remote_host: str, remote_port: int, wait_s: float = 5.0) -> Iterator[int]:
+    """Forward a free local port to remote_host:remote_port as seen from the host; yields the local port."""
     conn.open()
     local = free_local_port()
-    with conn.forward_local(local, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
+    with conn.forward_local(local, remote_port=remote_port, remote_host=remote_host, local_host="127.0.0.1"):
         deadline = time.monotonic() + wait_s
         while True:  # the forwarder binds in its own thread
             try:

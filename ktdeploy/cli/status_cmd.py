@@ -200,7 +200,7 @@ def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as
         why = (api or {}).get("error") or "no API service on this host"
         raise KtdeployError(f"{target.name}: the API is not ready ({why})", hint=f"see `ktdeploy status {host}`")
     model = model or api.get("expected_model") or (api.get("models") or [None])[0]
-    with connection(target) as conn, ch.tunnel(conn, api["port"]) as port:
+    with connection(target) as conn, ch.tunnel(conn, api.get("address", "127.0.0.1"), api["port"]) as port:
         from openai import OpenAI
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)

@@ -107,8 +107,9 @@ def declared_services(stages):
     """Services named by the serving stage records (see docs/architecture.md, "Services")."""
     found = {}
     for stage in stages.values():
-        record = stage["record"]
-        services = record.get("services") if isinstance(record, dict) else None
+        record = stage["record"] if isinstance(stage["record"], dict) else {}
+        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+        services = record.get("services") or settings.get("services")
         if isinstance(services, dict):
             for role, spec in services.items():
                 if isinstance(spec, dict) and spec.get("unit"):
@@ -188,6 +189,8 @@ def service_states(manager, specs, cfg, errors):
     out = []
     for role, unit in zip(roles, units):
         entry = {"role": role, "unit": unit, "port": specs[role].get("port")}
+        if specs[role].get("log"):
+            entry["log"] = specs[role]["log"]
         entry.update(states.get(unit, {"state": "unknown"}))
         out.append(entry)
     return out
@@ -334,12 +337,35 @@ def count_unexpected_exits(lines, units):
 # --- HTTP on 127.0.0.1 ----------------------------------------------------------------------------
 
 
-def http_json(method, port, path, timeout, body=None):
+LOOPBACK_ALIASES = ("", "0.0.0.0", "::", "127.0.0.1", "localhost", None)
+
+
+def address(spec):
+    """Where to reach a service from the host itself: loopback unless it binds one address only."""
+    host = spec.get("host")
+    return "127.0.0.1" if host in LOOPBACK_ALIASES else host.strip("[]")
+
+
+def api_key(spec):
+    """The API key from the service's 0600 environment file (read as root; it never leaves the host)."""
+    path = spec.get("env_file") or "/etc/ktdeploy/%s.env" % spec.get("unit")
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep and key == "KTDEPLOY_API_KEY":
+                    return value.strip().strip("'\"") or None
+    except OSError:
+        return None
+    return None
+
+
+def http_json(spec, method, path, timeout, body=None):
     """(status, parsed JSON or text, elapsed seconds) or raises OSError/HTTPException."""
     t0 = time.monotonic()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json", "Authorization": "Bearer ktdeploy-status"}
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer %s" % (api_key(spec) or "none")}
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
         resp = conn.getresponse()
         raw = resp.read(1 << 20).decode("utf-8", "replace")
@@ -354,9 +380,10 @@ def http_json(method, port, path, timeout, body=None):
 
 def check_api(spec, expected, timeout):
     port = spec.get("port")
-    out = {"port": port, "expected_model": expected, "ok": False, "models": [], "listed": False}
+    out = {"address": address(spec), "port": port, "expected_model": expected, "ok": False, "models": [],
+           "listed": False}
     try:
-        status, data, elapsed = http_json("GET", port, spec.get("health", "/v1/models"), timeout)
+        status, data, elapsed = http_json(spec, "GET", "/v1/models", timeout)
     except (OSError, http.client.HTTPException) as exc:
         out["error"] = describe_http_error(exc)
         return out
@@ -375,7 +402,7 @@ def check_health(spec, timeout):
     port = spec.get("port")
     out = {"port": port, "ok": False}
     try:
-        status, data, elapsed = http_json("GET", port, spec.get("health", "/health"), timeout)
+        status, data, elapsed = http_json(spec, "GET", spec.get("health") or "/health", timeout)
     except (OSError, http.client.HTTPException) as exc:
         out["error"] = describe_http_error(exc)
         return out
@@ -400,12 +427,11 @@ def first_model(api):
 
 
 def deep_check(spec, model, timeout, stream_tokens):
-    port = spec.get("port")
     out = {"model": model}
     msgs = [{"role": "user", "content": "ping"}]
     body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
     try:
-        status, data, elapsed = http_json("POST", port, "/v1/chat/completions", timeout, body)
+        status, data, elapsed = http_json(spec, "POST", "/v1/chat/completions", timeout, body)
         finish = None
         if isinstance(data, dict) and data.get("choices"):
             finish = data["choices"][0].get("finish_reason")
@@ -415,22 +441,22 @@ def deep_check(spec, model, timeout, stream_tokens):
             out["completion"]["error"] = "HTTP %d: %s" % (status, str(data)[:200])
     except (OSError, http.client.HTTPException) as exc:
         out["completion"] = {"ok": False, "error": describe_http_error(exc)}
-    out["stream"] = stream_check(port, model, timeout, stream_tokens)
+    out["stream"] = stream_check(spec, model, timeout, stream_tokens)
     return out
 
 
-def stream_check(port, model, timeout, max_tokens):
+def stream_check(spec, model, timeout, max_tokens):
     """Time to first token and decode tokens/s of one short streamed request, measured here."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "Count from one to ten."}]}
     out = {"ok": False}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
     t0 = time.monotonic()
     try:
         conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
                      headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                              "Authorization": "Bearer ktdeploy-status"})
+                              "Authorization": "Bearer %s" % (api_key(spec) or "none")})
         resp = conn.getresponse()
         out["status"] = resp.status
         if resp.status != 200:

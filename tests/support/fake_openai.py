@@ -40,8 +40,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _authorized(self):
+        key = self.server.cfg.api_key
+        if key and self.headers.get("Authorization") != "Bearer " + key:
+            self._json(401, {"error": {"message": "invalid api key"}})
+            return False
+        return True
+
     def do_GET(self):
         cfg = self.server.cfg
+        if self.path.startswith("/v1/") and not self._authorized():
+            return
         if self.path == "/v1/models":
             data = [{"id": cfg.model, "object": "model", "created": 0, "owned_by": "ktdeploy-tests"}]
             self._json(200, {"object": "list", "data": data})
@@ -54,6 +63,8 @@ class Handler(BaseHTTPRequestHandler):
         cfg = self.server.cfg
         if self.path != "/v1/chat/completions":
             self._json(404, {"error": {"message": "no route %s" % self.path}})
+            return
+        if not self._authorized():
             return
         length = int(self.headers.get("Content-Length") or 0)
         try:
@@ -105,10 +116,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def make_server(host="127.0.0.1", port=0, model="test-model", reply=DEFAULT_REPLY, token_delay=0.0):
+def make_server(host="127.0.0.1", port=0, model="test-model", reply=DEFAULT_REPLY, token_delay=0.0, api_key=None):
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    server.cfg = argparse.Namespace(model=model, reply=reply, token_delay=token_delay)
+    server.cfg = argparse.Namespace(model=model, reply=reply, token_delay=token_delay, api_key=api_key)
     return server
 
 
@@ -139,12 +150,13 @@ def main(argv=None):
     ap.add_argument("--model", default="test-model")
     ap.add_argument("--reply", default=DEFAULT_REPLY)
     ap.add_argument("--token-delay", type=float, default=0.0, help="seconds per streamed token")
+    ap.add_argument("--api-key", help="require this bearer token on /v1/ routes")
     ap.add_argument("--port-file", help="write the bound port here once listening")
     ap.add_argument("--wait-for", metavar="URL", help="only wait until URL answers 200 (10 s at most), then exit")
     args = ap.parse_args(argv)
     if args.wait_for:
         sys.exit(wait_for(args.wait_for))
-    server = make_server(args.host, args.port, args.model, args.reply, args.token_delay)
+    server = make_server(args.host, args.port, args.model, args.reply, args.token_delay, args.api_key)
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:

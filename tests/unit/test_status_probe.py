@@ -57,6 +57,26 @@ def test_probe_reports_wrong_model_and_closed_ports(tmp_path, server):
     assert levels["api"] == "failed" and levels["webui"] == "degraded"
 
 
+def test_api_key_is_read_from_the_services_env_file_and_never_printed(tmp_path):
+    srv = fake_openai.serve_in_thread(model="test-model", api_key="s3cret-key")
+    try:
+        port = srv.server_address[1]
+        env = tmp_path / "ktdeploy-api.env"
+        env.write_text("LLAMA_ARG=1\nKTDEPLOY_API_KEY='s3cret-key'\n")
+        api = {"unit": "ktdeploy-api", "host": "0.0.0.0", "port": port, "model": "test-model", "env_file": str(env)}
+        # the serve role's record keeps services under "settings"
+        write_stage(tmp_path, "serve", {"settings": {"services": {"api": api}}})
+        out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "deep": True})
+        assert out["api"]["listed"] and out["deep"]["stream"]["ok"]
+        env.write_text("KTDEPLOY_API_KEY=wrong\n")
+        out2 = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
+        assert out2["api"]["status"] == 401
+        assert "s3cret" not in json.dumps(out) + json.dumps(out2)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_probe_on_a_bare_host_uses_the_documented_names(tmp_path):
     out = run_probe_locally({"state_dir": str(tmp_path / "none"), "manager": "none"})
     assert not out["services_declared"] and out["stages"] == {} and out["plan"] is None
