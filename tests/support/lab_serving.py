@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.probe_env import serve_record
+
 FAKE = Path(__file__).with_name("fake_openai.py")
 STATE_DIR = "/var/lib/ktdeploy"
 MODEL = "test-model"
@@ -52,8 +54,7 @@ def make_serving(host, api_port: int = 10002, webui_port: int = 8080) -> None:
         cmd = f"/usr/bin/python3 {HOST_FAKE} --port {port} --model {MODEL} --token-delay 0.005"
         install_unit(host, unit, unit_text(f"test stand-in for {unit}", cmd, f"http://127.0.0.1:{port}/v1/models"))
     write_stage(host, "base", {"base_data_dir": "/srv/ktdeploy"})
-    write_stage(host, "serve", {"services": {"api": {"unit": "ktdeploy-api", "port": api_port, "model": MODEL},
-                                             "webui": {"unit": "ktdeploy-webui", "port": webui_port}}})
+    write_stage(host, "serve", serve_record(api_port, webui_port, MODEL))
 
 
 def make_failed_unit(host) -> None:
@@ -61,7 +62,7 @@ def make_failed_unit(host) -> None:
     install_unit(host, "ktdeploy-api", unit_text("test API that cannot start", "/bin/false"), start=False)
     host.run("systemctl start ktdeploy-api", timeout=60)
     write_stage(host, "base", {"base_data_dir": "/srv/ktdeploy"})
-    write_stage(host, "serve", {"services": {"api": {"unit": "ktdeploy-api", "port": 10002, "model": MODEL}}})
+    write_stage(host, "serve", serve_record(10002, None, MODEL))
 
 
 def make_mid_download(host) -> None:

@@ -22,10 +22,12 @@ def write_stage(state_dir: Path, role: str, record: dict) -> None:
 
 
 def serve_record(api_port: int, webui_port: int | None = None, model: str = "test-model") -> dict:
-    services = {"api": {"unit": "ktdeploy-api", "port": api_port, "model": model}}
+    """stages/serve.json as the serve role writes it (docs/architecture.md, "Serving")."""
+    services = {"api": {"unit": "ktdeploy-api", "host": "127.0.0.1", "port": api_port, "model": model}}
     if webui_port:
-        services["webui"] = {"unit": "ktdeploy-webui", "port": webui_port}
-    return {"services": services}
+        services["webui"] = {"unit": "ktdeploy-webui", "host": "127.0.0.1", "port": webui_port}
+    return {"settings": {"engine": "test-stand-in", "service_manager": "systemd", "api_key_required": False,
+                         "services": services}}
 
 
 def run_probe_locally(cfg: dict, env: dict | None = None, timeout: float = 60) -> dict:
