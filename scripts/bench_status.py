@@ -28,6 +28,7 @@ from ktdeploy.lab import Lab  # noqa: E402
 from tests.support import lab_serving as ls  # noqa: E402
 
 
+CLI, COLLECT = "ktdeploy status (CLI process)", "collect() in-process (SSH + probe)"
 CPU: list[float] = []  # CPU seconds (user + sys) of each CLI run: what contention does not change
 
 
@@ -75,18 +76,22 @@ def main() -> None:
             names = [h.name for h in hosts]
             targets = [h.target() for h in hosts]
             time_cli(inv, names, 1)  # warm-up: page cache, host-side python
-            rows, cpu = {}, {}
-            for k in (1, 4):
-                CPU.clear()
-                rows[("ktdeploy status (CLI process)", k)] = time_cli(inv, names[:k], args.runs)
-                cpu[k] = statistics.median(CPU)
-                rows[("collect() in-process (SSH + probe)", k)] = time_collect(targets[:k], args.runs)
+            # 1 and 4 hosts interleaved, so a change in the machine's load hits both alike
+            rows = {(what, k): [] for what in (CLI, COLLECT) for k in (1, 4)}
+            cpu = {1: [], 4: []}
+            for _ in range(args.runs):
+                for k in (1, 4):
+                    CPU.clear()
+                    rows[(CLI, k)] += time_cli(inv, names[:k], 1)
+                    cpu[k] += CPU
+                    rows[(COLLECT, k)] += time_collect(targets[:k], 1)
+            cpu = {k: statistics.median(v) for k, v in cpu.items()}
         print(f"load average (1 min) after: {os.getloadavg()[0]:.1f}; runs per row: {args.runs}\n")
         print("| what | hosts | median s | min s | max s |")
         print("|---|---|---|---|---|")
         for (what, k), times in rows.items():
             print(f"| {what} | {k} | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} |")
-        for what in ("ktdeploy status (CLI process)", "collect() in-process (SSH + probe)"):
+        for what in (CLI, COLLECT):
             ratio = statistics.median(rows[(what, 4)]) / statistics.median(rows[(what, 1)])
             print(f"\n{what}: 4 hosts / 1 host = {ratio:.2f}x")
         print("\nCPU time of one CLI run (user+sys, median): " + ", ".join(f"{k} host(s) {v:.2f} s" for k, v in cpu.items()))
