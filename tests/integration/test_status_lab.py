@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 from ktdeploy import status as st
 from tests.support import lab_serving as ls
+from tests.support.probe_env import ctrl_c
 
 pytestmark = pytest.mark.lab
 KTDEPLOY = [os.path.join(os.path.dirname(sys.executable), "ktdeploy")]
@@ -137,10 +137,5 @@ def test_logs_follow_prints_new_lines_until_interrupted(lab_host, tmp_path):
         lab_host.run("python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:10002/health?followed')\"", timeout=30)
         wait_until(lambda: any("GET /health?followed" in ln for ln in lines), "the new line never came")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        ctrl_c(proc)
     assert proc.returncode == 0, proc.stderr.read()

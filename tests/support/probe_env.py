@@ -1,19 +1,24 @@
 """Helpers to run the status probe locally, exactly as shipped, against fake state dirs."""
 
 import json
-import socket
+import signal
 import subprocess
 from pathlib import Path
 
 from ktdeploy import status as st
+from ktdeploy.chat import free_local_port
+
+free_port = free_local_port
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def ctrl_c(proc: subprocess.Popen, timeout: float = 15) -> int:
+    """Interrupt proc as Ctrl-C does and wait for it (killed if it does not stop in time)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def write_stage(state_dir: Path, role: str, record: dict) -> None:

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import time
 from click.testing import CliRunner
 
 from ktdeploy.cli import main
-from tests.support.probe_env import free_port
+from tests.support.probe_env import ctrl_c, free_port
 
 KTDEPLOY = os.path.join(os.path.dirname(sys.executable), "ktdeploy")
 
@@ -43,12 +42,7 @@ def test_watch_json_prints_a_document_per_round_until_ctrl_c():
                 break
             lines.append(json.loads(line))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        ctrl_c(proc)
     assert len(lines) == 2 and all(d["verdict"] == "unreachable" for d in lines)
     assert proc.returncode == 3
 
