@@ -26,14 +26,13 @@ def lab():
         yield the_lab
     finally:
         the_lab.close()
-        _assert_no_leftovers(the_lab.created)
+        _assert_no_leftovers(the_lab)
 
 
-def _assert_no_leftovers(created: set[tuple[int, int | None]]) -> None:
-    from ktdeploy.lab.net import netns_id
+def _assert_no_leftovers(the_lab) -> None:
     from ktdeploy.lab.paths import netns_name
 
-    left = sorted(n for n, ns_id in created if ns_id is not None and netns_id(n) == ns_id)
+    left = the_lab.leftovers()
     if left:
         pytest.fail("lab teardown left network namespaces behind: " + ", ".join(netns_name(n) for n in left))
 

@@ -91,9 +91,16 @@ def ssh(index: int, user: str, command: tuple[str, ...]) -> None:
 
 
 @lab.command()
-def inventory() -> None:
-    """Print the path of the YAML inventory of the lab hosts that are up."""
-    click.echo(_lab().inventory_path())
+@click.argument("index", type=click.IntRange(1, 254), required=False)
+def inventory(index: int | None) -> None:
+    """Print the path of the YAML inventory of the lab hosts that are up (or of host INDEX only)."""
+    lab_ = _lab()
+    if index is None:
+        click.echo(lab_.inventory_path())
+        return
+    if index not in {h.index for h in lab_.list()}:
+        raise BadInput(f"lab{index} is not up", hint=f"ktdeploy lab up {index}, or see `ktdeploy lab list`")
+    click.echo(lab_.host(index).inventory_path())
 
 
 COMMANDS = [lab]

@@ -23,7 +23,7 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
-def _alive(record: str) -> int | None:
+def running_record(record: str) -> int | None:
     try:
         pid_s, start = record.split()
         pid = int(pid_s)
@@ -39,7 +39,7 @@ def record_of(pid: int) -> str:
 def running(pidfile: Path) -> int | None:
     """Pid of the daemon recorded in pidfile, if it still runs."""
     try:
-        return _alive(pidfile.read_text())
+        return running_record(pidfile.read_text())
     except OSError:
         return None
 
@@ -112,7 +112,7 @@ def other_live_leases(leases: Path) -> list[int]:
         return out
     for f in leases.iterdir():
         try:
-            pid = _alive(f.read_text())
+            pid = running_record(f.read_text())
         except OSError:
             continue
         if pid is None:

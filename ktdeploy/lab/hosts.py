@@ -67,7 +67,7 @@ def indexes(paths: LabPaths) -> list[int]:
     return sorted(int(p.name) for p in paths.run.iterdir() if p.name.isdigit())
 
 
-def reserve(paths: LabPaths, n: int | None, owner: int | None) -> int:
+def reserve(paths: LabPaths, n: int | None, owner: str | None) -> int:
     """Claim index n (or the lowest free one) machine-wide: creates its run dir and netns."""
     with file_lock(ALLOC_LOCK):
         used = used_indexes(paths)
@@ -79,8 +79,8 @@ def reserve(paths: LabPaths, n: int | None, owner: int | None) -> int:
                 raise HostError(f"lab host {n} is already up (or left over); `ktdeploy lab down {n}` first")
         d = paths.host_dir(n)
         d.mkdir(parents=True)
-        if owner is not None:
-            (d / "owner").write_text(daemons.record_of(owner))
+        if owner is not None:  # a daemons.record_of() of the owning process
+            (d / "owner").write_text(owner)
         net.create_netns(n)
     return n
 
@@ -172,12 +172,16 @@ def state(paths: LabPaths, n: int) -> HostState:
     return HostState(n, _loop_group(d) is not None, owner)
 
 
-def owner_gone(paths: LabPaths, n: int) -> bool:
+def owner_record(paths: LabPaths, n: int) -> str | None:
     try:
-        record = (paths.host_dir(n) / "owner").read_text()
+        return (paths.host_dir(n) / "owner").read_text()
     except OSError:
-        return False
-    return daemons._alive(record) is None
+        return None
+
+
+def owner_gone(paths: LabPaths, n: int) -> bool:
+    record = owner_record(paths, n)
+    return record is not None and daemons.running_record(record) is None
 
 
 def shutdown(paths: LabPaths, n: int, timeout: float = 15) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ktdeploy.lab import daemons, golden, hosts, inventory, net, requirements
 from ktdeploy.lab.host import LabHost
 from ktdeploy.lab.locks import file_lock
-from ktdeploy.lab.paths import LabPaths, host_address, host_name
+from ktdeploy.lab.paths import ALLOC_LOCK, LabPaths, host_address, host_name
 from ktdeploy.lab.proxy import AptProxy
 from ktdeploy.lab.wheelhouse import Wheelhouse
 
@@ -25,8 +25,9 @@ class Lab:
         self.wheelhouse = Wheelhouse(self.paths.wheelhouse)
         self.log = log
         self.made: set[int] = set()  # hosts this Lab object brought up and that are still up
-        self.created: set[tuple[int, int | None]] = set()  # (index, netns id) of every host reserved
+        self.created: set[int] = set()  # every host index this Lab object reserved
         self._ready = False
+        self._owner_record = daemons.record_of(os.getpid())
 
     # -- readiness ---------------------------------------------------------------------------------
 
@@ -62,9 +63,9 @@ class Lab:
         if not self._ready:
             self.ensure_ready()
         gold = golden.current(self.paths) or golden.ensure_built(self.paths, log=self.log)
-        n = hosts.reserve(self.paths, n, owner=None if keep else os.getpid())
+        n = hosts.reserve(self.paths, n, owner=None if keep else self._owner_record)
         self.made.add(n)
-        self.created.add((n, net.netns_id(n)))
+        self.created.add(n)
         try:
             hosts.boot(self.paths, n, gold)
         except BaseException:
@@ -107,6 +108,12 @@ class Lab:
             if self.paths.lo_address_marker.exists():
                 net.remove_controller_ip()
                 self.paths.lo_address_marker.unlink()
+
+    def leftovers(self) -> list[int]:
+        """Hosts this object created whose netns is still there (an index reused since is not ours)."""
+        with file_lock(ALLOC_LOCK):
+            return [n for n in sorted(self.created)
+                    if net.netns_exists(n) and hosts.owner_record(self.paths, n) in (None, self._owner_record)]
 
     def list(self) -> list[LabHost]:
         return [self.host(n) for n in hosts.indexes(self.paths)]

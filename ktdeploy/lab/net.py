@@ -34,14 +34,6 @@ def netns_exists(n: int) -> bool:
     return (NETNS_DIR / netns_name(n)).exists()
 
 
-def netns_id(n: int) -> int | None:
-    """Inode of netns ktlabN (tells one namespace from a later one of the same name)."""
-    try:
-        return (NETNS_DIR / netns_name(n)).stat().st_ino
-    except OSError:
-        return None
-
-
 def lab_netns_indexes() -> set[int]:
     """Indexes of every ktlabN netns on this machine, whoever made it."""
     out = set()

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from ktdeploy.lab import CONTROLLER_IP, hosts, net
-from ktdeploy.lab.paths import netns_name, veth_names
+from ktdeploy.lab.locks import file_lock
+from ktdeploy.lab.paths import ALLOC_LOCK, netns_name, veth_names
 
 pytestmark = pytest.mark.lab
 
@@ -113,11 +114,12 @@ def test_down_leaves_no_mount_netns_or_process(lab):
     d = lab.paths.host_dir(host.index)
     pgid = int((d / "pid").read_text().split()[0])
     assert hosts.group_members(pgid)
-    lab.down(host.index)
-    assert not d.exists()
-    assert str(d / "root") not in open("/proc/self/mounts").read()
-    assert not net.netns_exists(host.index)
-    assert net.ip("link", "show", veth_names(host.index)[0], check=False).returncode != 0
-    assert hosts.group_members(pgid) == []
-    assert host.name not in lab.inventory_path().read_text()
-    assert netns_name(host.index) not in net.ip("netns", "list").stdout
+    with file_lock(ALLOC_LOCK):  # no other session may take the index again while we look
+        lab.down(host.index)
+        assert not d.exists()
+        assert str(d / "root") not in open("/proc/self/mounts").read()
+        assert not net.netns_exists(host.index)
+        assert net.ip("link", "show", veth_names(host.index)[0], check=False).returncode != 0
+        assert hosts.group_members(pgid) == []
+        assert host.name not in lab.inventory_path().read_text()
+        assert netns_name(host.index) not in net.ip("netns", "list").stdout
