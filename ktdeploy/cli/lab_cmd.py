@@ -31,6 +31,11 @@ def _checked(fn):
         raise KtdeployError(str(exc)) from exc
 
 
+def _require_up(lab_, index: int) -> None:
+    if index not in {h.index for h in lab_.list()}:
+        raise BadInput(f"lab{index} is not up", hint="see `ktdeploy lab list`, or boot it with `ktdeploy lab up`")
+
+
 @click.group()
 def lab() -> None:
     """Throwaway Debian 12 hosts (real systemd, real SSH) on this machine; needs root."""
@@ -62,6 +67,7 @@ def down(index: int | None, all_: bool) -> None:
         gone = _checked(lab_.down_all)
         click.echo(f"took down {', '.join(f'lab{n}' for n in gone) or 'no hosts'}")
     else:
+        _require_up(lab_, index)
         _checked(lambda: lab_.down(index))
         click.echo(f"lab{index} is down")
 
@@ -86,7 +92,9 @@ def list_() -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(index: int, user: str, command: tuple[str, ...]) -> None:
     """Open a real ssh session to lab host INDEX (or run COMMAND there)."""
-    argv = _lab().ssh_argv(index, user=user) + list(command)
+    lab_ = _lab()
+    _require_up(lab_, index)
+    argv = lab_.ssh_argv(index, user=user) + list(command)
     os.execvp(argv[0], argv)
 
 
@@ -98,8 +106,7 @@ def inventory(index: int | None) -> None:
     if index is None:
         click.echo(lab_.inventory_path())
         return
-    if index not in {h.index for h in lab_.list()}:
-        raise BadInput(f"lab{index} is not up", hint=f"ktdeploy lab up {index}, or see `ktdeploy lab list`")
+    _require_up(lab_, index)
     click.echo(lab_.host(index).inventory_path())
 
 

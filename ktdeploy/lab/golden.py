@@ -83,8 +83,9 @@ def _bootstrap(root: Path) -> None:
     sources = aptsources.controller_sources()
     if not sources:
         raise GoldenBuildError(
-            "the controller has no plain-http apt source to build the lab image from",
-            )
+            "the controller has no plain-http Debian apt source (/etc/apt/sources.list[.d]) to build the lab "
+            "image from; add one (lab hosts reach the mirror only through the controller's apt-cacher-ng)"
+        )
     src_file = root.with_name(root.name + ".sources")
     src_file.write_text(sources)
     try:

@@ -110,6 +110,7 @@ def boot(paths: LabPaths, n: int, golden: Path, timeout: float = BOOT_TIMEOUT) -
 def _wait_ready(paths: LabPaths, n: int, proc: subprocess.Popen, timeout: float) -> None:
     addr = host_address(n)
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise HostError(f"lab host {n} stopped while booting (exit {proc.returncode}):\n{log_tail(paths, n)}")
@@ -124,11 +125,13 @@ def _wait_ready(paths: LabPaths, n: int, proc: subprocess.Popen, timeout: float)
             if state in ("running", "degraded"):
                 return
             if r.returncode == 255:  # ssh itself failed: sshd not ready yet
+                last = r.stderr.strip()
                 time.sleep(0.2)
                 continue
             raise HostError(f"lab host {n} finished booting in state {state!r}: {r.stderr.strip()}")
         time.sleep(0.1)
-    raise HostError(f"lab host {n} did not answer ssh within {timeout:.0f} s:\n{log_tail(paths, n)}")
+    why = f" (last ssh error: {last})" if last else ""
+    raise HostError(f"lab host {n} did not answer ssh within {timeout:.0f} s{why}:\n{log_tail(paths, n)}")
 
 
 def log_tail(paths: LabPaths, n: int, lines: int = 15) -> str:

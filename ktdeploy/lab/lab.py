@@ -137,5 +137,6 @@ class Lab:
         return self.paths.inventory
 
     def _write_inventory(self) -> None:
-        ns = hosts.indexes(self.paths)
-        inventory.write(self.paths.inventory, [(host_name(n), host_address(n)) for n in ns], self.paths.key)
+        with file_lock(self.paths.root / "inventory.lock"):
+            ns = hosts.indexes(self.paths)
+            inventory.write(self.paths.inventory, [(host_name(n), host_address(n)) for n in ns], self.paths.key)

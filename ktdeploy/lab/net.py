@@ -79,8 +79,10 @@ def add_controller_ip() -> bool:
     """Put CONTROLLER_IP on lo; True when this call added it."""
     if lo_has_controller_ip():
         return False
-    ip("addr", "add", f"{CONTROLLER_IP}/32", "dev", "lo")
-    return True
+    added = ip("addr", "add", f"{CONTROLLER_IP}/32", "dev", "lo", check=False)
+    if added.returncode != 0 and not lo_has_controller_ip():  # else another process was faster
+        raise NetError(f"cannot add {CONTROLLER_IP} to lo: {added.stderr.strip()}")
+    return added.returncode == 0
 
 
 def remove_controller_ip() -> None:

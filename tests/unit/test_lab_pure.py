@@ -203,3 +203,14 @@ def test_lab_paths_layout(tmp_path):
     p = LabPaths(tmp_path)
     assert p.host_dir(3) == tmp_path / "run" / "3"
     assert p.golden("r1-abc") == tmp_path / "golden-r1-abc"
+
+
+def test_lab_commands_on_a_host_that_is_not_up_are_bad_input(monkeypatch, tmp_path):
+    monkeypatch.setenv("KTDEPLOY_LAB_DIR", str(tmp_path))
+    commands = [["lab", "ssh", "9"], ["lab", "inventory", "9"]]
+    if os.geteuid() == 0:  # `down` checks the controller can run the lab first
+        commands.append(["lab", "down", "9"])
+    for args in commands:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "lab9 is not up" in result.output
