@@ -45,7 +45,11 @@ def lab() -> None:
 @click.argument("index", type=click.IntRange(1, 254), required=False)
 def up(index: int | None) -> None:
     """Boot lab host INDEX (default: the lowest free one); it stays up until `lab down`."""
+    from ktdeploy.lab import hosts
+
     lab_ = _lab()
+    if index is not None and index in hosts.used_indexes(lab_.paths):
+        raise BadInput(f"lab{index} is already up (or left over)", hint=f"ktdeploy lab down {index}, or leave out the index")
     host = _checked(lambda: lab_.up(index, keep=True))
     click.echo(f"{host.name} is up: ssh target deploy@{host.address}")
     click.echo(f"  ssh:       ktdeploy lab ssh {host.index}")
