@@ -74,10 +74,18 @@ def test_apt_and_pip_go_through_the_controller(lab, lab_host):
 
 
 def test_reboot_comes_back_with_state_kept(lab_host):
+    from ktdeploy.resources import ansible_bin
+
     lab_host.run("echo kept > /root/marker", check=True)
-    before = lab_host.boot_id()
+    first = lab_host.boot_id()
     lab_host.reboot()
-    assert lab_host.boot_id() != before
+    second = lab_host.boot_id()
+    assert second != first
+    # what roles use: ansible.builtin.reboot waits for the host to come back by itself
+    r = subprocess.run([ansible_bin("ansible"), "all", "-i", str(lab_host.inventory_path()), "-m", "ansible.builtin.reboot"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and '"rebooted": true' in r.stdout, r.stdout + r.stderr
+    assert lab_host.boot_id() not in (first, second)
     assert lab_host.run("cat /root/marker").stdout.strip() == "kept"
     assert _system_state(lab_host) == "running"
 
