@@ -130,4 +130,4 @@ def test_down_leaves_no_mount_netns_or_process(lab):
         assert net.ip("link", "show", veth_names(host.index)[0], check=False).returncode != 0
         assert hosts.group_members(pgid) == []
         assert host.name not in lab.inventory_path().read_text()
-        assert netns_name(host.index) not in net.ip("netns", "list").stdout
+        assert netns_name(host.index) not in net.ip("netns", "list").stdout.split()
