@@ -229,6 +229,8 @@ def print_recap(console: Console, result: RunResult) -> None:
         table.add_row(host, *(str(getattr(stats, c)) for c in columns))
     if result.hosts:
         console.print(table)
+    else:
+        console.print("Recap: no host ran a task", markup=False, highlight=False)
     console.print(f"Run record: {result.artifact_dir}", markup=False, highlight=False)
 
 
