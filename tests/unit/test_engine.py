@@ -76,8 +76,11 @@ def test_tags_and_skip_tags_select_tasks(play, inventory, runs_dir):
     assert [p.name for p in out.iterdir()] == ["first.txt"]
 
 
-def test_extravars_reach_the_play_and_events_reach_the_handler(play, inventory, runs_dir):
+def test_extravars_reach_the_play_and_events_reach_the_handler(play, inventory, runs_dir, tmp_path, monkeypatch):
     inv, out = inventory
+    scratch = tmp_path / "scratch"  # where the private dir with the vars file goes
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     seen: list[str] = []
     result = engine.run_playbook(play, inv, extravars={"word": "hello", "fail_now": True},
                                  on_event=lambda e: seen.append(e["event"]))
@@ -85,6 +88,7 @@ def test_extravars_reach_the_play_and_events_reach_the_handler(play, inventory, 
     assert result.failed_hosts == ["here"] and result.exit_code == exitcodes.FAILED
     assert seen[0] == "playbook_on_start" and seen[-1] == "playbook_on_stats"
     assert "runner_on_failed" in seen
+    assert list(scratch.iterdir()) == []
 
 
 def test_unreachable_host_gives_exit_code_3(play, inventory, runs_dir):
@@ -121,14 +125,6 @@ def test_child_env_drops_callers_secrets(monkeypatch):
     env = {"HF_TOKEN": "t", "ANSIBLE_BECOME_PASS": "p", "https_proxy": "http://user:pw@proxy:3128",
            "ANSIBLE_TIMEOUT": "5", "ANSIBLE_STDOUT_CALLBACK": "awx_display"}
     assert engine._child_env(env) == {"ANSIBLE_TIMEOUT": "5", "ANSIBLE_STDOUT_CALLBACK": "awx_display"}
-
-
-def test_private_dir_is_removed_after_the_run(play, inventory, runs_dir, tmp_path, monkeypatch):
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    engine.run_playbook(play, inventory[0], extravars={"word": "x"})
-    assert list(scratch.iterdir()) == []
 
 
 def closed_port() -> int:
