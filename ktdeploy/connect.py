@@ -14,7 +14,7 @@ from ktdeploy.errors import KtdeployError
 
 CONNECT_TIMEOUT_S = 10
 
-# (pattern in Ansible's message, cause, fix); first match wins. {user}/{port} are filled in.
+# (pattern in Ansible's message, cause, fix); first match wins. {user}/{port}/{host} are filled in.
 _CAUSES = [
     (r"Connection refused", "SSH refused the connection on port {port}",
      "start sshd on the host, or name the right port as USER@HOST:PORT"),
@@ -26,11 +26,11 @@ _CAUSES = [
      "the host name does not resolve", "use an IP address, or fix DNS or /etc/hosts"),
     (r"Permission denied \(|Authentication failed|Too many authentication failures",
      "SSH login as {user} was refused (authentication failed)",
-     "install your public key for {user} (ssh-copy-id {user}@HOST), or set "
+     "install your public key for {user} (ssh-copy-id {user}@{host}), or set "
      "ansible_ssh_private_key_file in the inventory"),
     (r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED",
      "the host's SSH key does not match the known one",
-     "remove the old key with ssh-keygen -R HOST if the host was reinstalled"),
+     "remove the old key with ssh-keygen -R {host} if the host was reinstalled"),
     (r"Connection (reset|closed) by|kex_exchange_identification",
      "the host closed the SSH connection", "check sshd on the host (its logs, MaxStartups, AllowUsers)"),
     (r"password is required|Missing sudo password|incorrect password|Incorrect sudo password",
@@ -56,9 +56,10 @@ class HostProblem:
         return f"{self.host}: {self.cause} (fix: {self.fix})"
 
 
-def explain(message: str, *, user: str | None = None, port: int | None = None) -> tuple[str, str]:
+def explain(message: str, *, user: str | None = None, port: int | None = None,
+            host: str | None = None) -> tuple[str, str]:
     """The cause and fix for one of Ansible's connection or become failure messages."""
-    values = {"user": user or "the SSH user", "port": port or 22}
+    values = {"user": user or "the SSH user", "port": port or 22, "host": host or "HOST"}
     for pattern, cause, fix in _CAUSES:
         if re.search(pattern, message, re.I):
             return cause.format(**values), fix.format(**values)
@@ -95,6 +96,7 @@ def check_hosts(inventory: dict | str, hostvars: dict[str, dict], *, limit: list
     for host in sorted(messages):
         # Ansible reads an inventory name HOST:PORT as HOST, so fall back to matching the address.
         hv = hostvars.get(host) or next((v for v in hostvars.values() if v.get("ansible_host") == host), {})
-        cause, fix = explain(messages[host], user=hv.get("ansible_user"), port=hv.get("ansible_port"))
+        cause, fix = explain(messages[host], user=hv.get("ansible_user"), port=hv.get("ansible_port"),
+                             host=hv.get("ansible_host", host))
         problems.append(HostProblem(host, cause, fix))
     return problems
