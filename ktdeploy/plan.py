@@ -265,7 +265,7 @@ def make_plan(
         supervisor="systemd" if facts.systemd else "supervisord",
         present_bytes=present,
         to_download_bytes=to_download,
-        disk_needed_bytes=math.ceil(to_download * DISK_MARGIN),
+        disk_needed_bytes=round(to_download * DISK_MARGIN),
         host=host,
         problems=problems,
         warnings=warnings,
@@ -421,7 +421,7 @@ def _check_ktransformers(plan: Plan, version: Version, problems: list[Finding], 
 
 def _check_quotas(plan: Plan, warnings: list[Finding]) -> None:
     f, cpu = plan.facts, plan.facts.cpu
-    if f.cpu_quota is not None and f.cpu_quota < cpu.physical_cores:
+    if f.cpu_quota is not None and f.cpu_quota < cpu.logical_cpus:
         msg = (
             f"the cgroup CPU quota allows {f.cpu_quota:g} of the {cpu.logical_cpus} CPUs lscpu shows: "
             f"planning with {plan.effective_cpus}"
