@@ -100,11 +100,12 @@ def _targets(hosts: tuple[str, ...], inventory: str | None) -> list[Target]:
 
 @click.command("facts")
 @click.argument("host")
+@click.option("-i", "--inventory", type=click.Path(), help="inventory file or directory holding HOST")
 @click.option("--save", "save_dir", required=True, type=click.Path(file_okay=False), help="directory for the raw files")
 @click.option("--model-dir", default=DEFAULT_MODEL_DIR, show_default=True, help="where the models live on the host")
-def facts_cmd(host: str, save_dir: str, model_dir: str) -> None:
+def facts_cmd(host: str, inventory: str | None, save_dir: str, model_dir: str) -> None:
     """Gather HOST's raw facts in one SSH round trip and save them in DIR (for `preflight --facts`)."""
-    target = parse_target(host)
+    (target,) = _targets((host,), inventory)
     (result,) = remote.on_hosts([target], lambda t: gather_raw(t, model_dir))
     if result.unreachable:
         raise Unreachable(f"{target.name}: {result.error}")

@@ -11,7 +11,7 @@ from ktdeploy.cli import plan_cmd
 from ktdeploy.errors import KtdeployError, PlanProblem, Unreachable
 from ktdeploy.targets import parse_target
 
-from test_gguf_check import write_variant
+from gguf_files import write_variant
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "facts"
 
