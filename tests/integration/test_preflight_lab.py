@@ -70,3 +70,21 @@ def test_force_and_deep_on_a_lab_host(lab_host, tmp_path):
         preflight_or_raise([lab_host.target()], PlanOptions())
     plans = preflight_or_raise([lab_host.target()], PlanOptions(), force=True)
     assert not plans[lab_host.name].fits
+
+
+def test_plain_ansible_playbook_gets_the_plan_on_a_lab_host(lab_host):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(repo / "ansible.cfg"), ANSIBLE_FACT_CACHING="memory", ANSIBLE_NOCOLOR="1")
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab_host.inventory_path()),
+           str(repo / "playbooks" / "site.yml"), "--tags", "plan"]  # fmt: skip
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2, refused.stdout[-3000:]
+    assert "Preflight found problems" in refused.stdout and "NVIDIA GPU with at least 14 GiB" in refused.stdout
+    forced = subprocess.run([*cmd, "-e", "plan_force=true"], capture_output=True, text=True, env=env, timeout=300)
+    assert forced.returncode == 0, forced.stdout[-3000:]
+    assert "changed=0" in forced.stdout.rsplit("PLAY RECAP", 1)[1]
