@@ -112,7 +112,10 @@ def facts_cmd(host: str, inventory: str | None, save_dir: str, model_dir: str) -
     if not result.ok:
         raise KtdeployError(f"{target.name}: {result.error}")
     raw, errors = result.value
-    written = facts.save_dir(raw, save_dir)
+    try:
+        written = facts.save_dir(raw, save_dir)
+    except OSError as exc:
+        raise BadInput(f"cannot write the facts to {save_dir}: {exc.strerror}", hint="choose a writable directory") from None
     click.echo(f"saved {len(written)} files of {target.name} in {save_dir}: {', '.join(p.name for p in written)}")
     for name, why in errors.items():
         click.echo(f"  {name} not saved: {why}", err=True)

@@ -1,5 +1,4 @@
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,13 @@ from ktdeploy.errors import KtdeployError, PlanProblem, Unreachable
 from ktdeploy.targets import parse_target
 
 from gguf_files import write_variant
+from test_remote import _closed_port as closed_port
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "facts"
 
 
 def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_commands_are_registered():
