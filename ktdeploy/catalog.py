@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from ktdeploy.errors import BadInput
 
-_DATA = PurePosixPath(__file__).parent / "data" / "catalog.yml"
+_DATA = Path(__file__).parent / "data" / "catalog.yml"
 
 
 @dataclass(frozen=True)
