@@ -35,8 +35,8 @@ def main(argv):
     cfg = json.loads(argv[1]) if len(argv) > 1 else {}
     state_dir = cfg.get("state_dir", "/var/lib/ktdeploy")
     out = {"probe_version": PROBE_VERSION, "host": host_info(), "errors": []}
-    out["plan"] = read_plan(state_dir, out["errors"])
     out["stages"] = read_stages(state_dir, out["errors"])
+    out["plan"] = read_plan(state_dir, out["stages"], out["errors"])
     out["download"] = download_state(cfg, state_dir, out["errors"])
     declared = declared_services(out["stages"])
     specs = cfg.get("services") or declared or DEFAULT_SERVICES
@@ -84,10 +84,14 @@ def read_json(path, errors):
         return None
 
 
-def read_plan(state_dir, errors):
+def read_plan(state_dir, stages, errors):
+    """The plan's summary from plan.json, else the plan stage record's settings (scalars only)."""
     plan = read_json(os.path.join(state_dir, "plan.json"), errors)
     if not isinstance(plan, dict):
-        return None
+        record = (stages.get("plan") or {}).get("record")
+        plan = record.get("settings") if isinstance(record, dict) else None
+        if not isinstance(plan, dict):
+            return None
     if isinstance(plan.get("summary"), dict):
         return plan["summary"]
     return {k: v for k, v in plan.items() if isinstance(v, (str, int, float, bool))}

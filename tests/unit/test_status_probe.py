@@ -47,6 +47,13 @@ def test_probe_reads_stages_plan_and_checks_api_and_webui(tmp_path, server):
     assert checks["api"] == checks["webui"] == checks["stream"] == "ok"
 
 
+def test_plan_summary_from_the_plan_stage_record(tmp_path):
+    write_stage(tmp_path, "plan", {"complete": True, "format": 1, "stage": "plan",
+                                   "settings": {"engine": "ktransformers", "variant": "UD-IQ1_S", "gpus": [0]}})
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
+    assert out["plan"] == {"engine": "ktransformers", "variant": "UD-IQ1_S"}
+
+
 def test_probe_reports_wrong_model_and_closed_ports(tmp_path, server):
     port = server.server_address[1]
     write_stage(tmp_path, "serve", serve_record(port, webui_port=free_port(), model="DeepSeek-R1"))
