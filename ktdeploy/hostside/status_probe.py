@@ -51,7 +51,7 @@ def main(argv):
     webui = specs.get("webui")
     out["webui"] = check_health(webui, timeout) if webui else None
     out["deep"] = None
-    if cfg.get("deep") and api:
+    if cfg.get("deep") and api and out["api"]["ok"]:  # nothing to measure while the API does not answer
         model = expected or first_model(out["api"])
         out["deep"] = deep_check(api, model, float(cfg.get("deep_timeout", 60)), int(cfg.get("stream_tokens", 16)))
     json.dump(out, sys.stdout)
@@ -130,7 +130,7 @@ def download_state(cfg, state_dir, errors):
     jobs = cfg.get("downloads_dir") or os.path.join(state_dir, "downloads")
     path = os.path.join(lib, "download_state.py")
     if not os.path.isfile(path):
-        return {"state": "unknown", "why": "no download state module on the host (%s)" % path}
+        return {"state": "unknown", "why": "not known: %s is not installed" % path}
     try:
         spec = importlib.util.spec_from_file_location("ktdeploy_download_state", path)
         module = importlib.util.module_from_spec(spec)

@@ -84,6 +84,12 @@ def test_api_key_is_read_from_the_services_env_file_and_never_printed(tmp_path):
         srv.server_close()
 
 
+def test_deep_is_skipped_while_the_api_does_not_answer(tmp_path):
+    write_stage(tmp_path, "serve", serve_record(free_port()))
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none", "deep": True})
+    assert not out["api"]["ok"] and out["deep"] is None
+
+
 def test_probe_on_a_bare_host_uses_the_documented_names(tmp_path):
     out = run_probe_locally({"state_dir": str(tmp_path / "none"), "manager": "none"})
     assert not out["services_declared"] and out["stages"] == {} and out["plan"] is None
@@ -109,7 +115,7 @@ def test_download_module_on_the_host_is_called_and_its_failure_contained(tmp_pat
     out = run_probe_locally(cfg)
     assert out["download"]["state"] == "unknown" and any("ZeroDivisionError" in e for e in out["errors"])
     out = run_probe_locally(dict(cfg, download_lib_dir=str(tmp_path / "absent")))
-    assert out["download"]["state"] == "unknown" and "no download state module" in out["download"]["why"]
+    assert out["download"]["state"] == "unknown" and "download_state.py is not installed" in out["download"]["why"]
 
 
 @pytest.mark.parametrize(
