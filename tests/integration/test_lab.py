@@ -79,7 +79,7 @@ def test_apt_and_pip_go_through_the_controller(lab, lab_host):
 def test_reboot_comes_back_with_state_kept(lab_host):
     from ktdeploy.resources import ansible_bin
 
-    lab_host.run("echo kept > /root/marker", check=True)
+    lab_host.run("echo kept > /etc/lab-marker", check=True)
     first = lab_host.boot_id()
     lab_host.reboot()
     second = lab_host.boot_id()
@@ -89,7 +89,7 @@ def test_reboot_comes_back_with_state_kept(lab_host):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and '"rebooted": true' in r.stdout, r.stdout + r.stderr
     assert lab_host.boot_id() not in (first, second)
-    assert lab_host.run("cat /root/marker").stdout.strip() == "kept"
+    assert lab_host.run("cat /etc/lab-marker").stdout.strip() == "kept"
     assert _system_state(lab_host) == "running"
 
 
