@@ -238,3 +238,12 @@ def test_check_mode_on_a_fresh_host_changes_nothing(lab_host, lab, tmp_path):
     assert "Would refresh the apt index and install:" in run.stdout
     assert lab_host.run(SNAPSHOT, check=True).stdout == before
     assert lab_host.run(f"getent passwd {USER}").returncode == 2
+
+
+def test_python_env_without_base_fails_before_changing_anything(lab_host, lab, tmp_path):
+    inventory = write_inventory(lab_host, tmp_path / "inventory.yml", role_vars(lab.wheelhouse))
+    before = lab_host.run(SNAPSHOT, check=True).stdout
+    run = ansible_playbook(inventory, "--tags", "python_env", "--flush-cache")
+    assert run.rc != 0
+    assert f"The service user {USER} does not exist" in run.stdout and "base role first" in run.stdout, run.explain()
+    assert lab_host.run(SNAPSHOT, check=True).stdout == before
