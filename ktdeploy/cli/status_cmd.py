@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 
 import click
 
@@ -204,16 +205,39 @@ def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as
         from openai import OpenAI
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)
-        messages = [{"role": "user", "content": prompt}]
-        if as_json:
-            r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
-            msg = r.choices[0].message
-            reasoning, answer = ch.split_think(msg.content or "")
-            reasoning = getattr(msg, "reasoning_content", None) or reasoning
-            usage = r.usage.model_dump() if r.usage else None
-            click.echo(json.dumps({"model": model, "reasoning": reasoning, "answer": answer, "usage": usage}))
-            return
-        _stream_chat(client, model, messages, max_tokens, hide_reasoning)
+        with _api_errors(target.name):
+            ask(client, model, prompt, max_tokens, as_json=as_json, hide_reasoning=hide_reasoning)
+
+
+@contextmanager
+def _api_errors(host: str):
+    """OpenAI client errors as one line naming the cause and the fix."""
+    import openai
+
+    try:
+        yield
+    except openai.AuthenticationError:
+        raise KtdeployError(f"{host}: the API wants a key", hint="pass --api-key or set KTDEPLOY_API_KEY") from None
+    except openai.APIStatusError as exc:
+        raise KtdeployError(f"{host}: the API answered HTTP {exc.status_code}: {exc.message}") from None
+    except openai.APIError as exc:
+        raise KtdeployError(f"{host}: the API request failed: {exc}", hint=f"see `ktdeploy status {host}`") from None
+
+
+def ask(client, model: str, prompt: str, max_tokens: int, *, as_json: bool, hide_reasoning: bool) -> None:
+    """Send one prompt; print the answer on stdout and the reasoning apart (stderr), or one JSON line."""
+    from ktdeploy import chat as ch
+
+    messages = [{"role": "user", "content": prompt}]
+    if as_json:
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+        msg = r.choices[0].message
+        reasoning, answer = ch.split_think(msg.content or "")
+        reasoning = getattr(msg, "reasoning_content", None) or reasoning
+        usage = r.usage.model_dump() if r.usage else None
+        click.echo(json.dumps({"model": model, "reasoning": reasoning, "answer": answer, "usage": usage}))
+        return
+    _stream_chat(client, model, messages, max_tokens, hide_reasoning)
 
 
 def _stream_chat(client, model, messages, max_tokens, hide_reasoning) -> None:

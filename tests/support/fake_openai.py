@@ -64,11 +64,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/v1/chat/completions":
             self._json(404, {"error": {"message": "no route %s" % self.path}})
             return
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)  # read before any answer, so a kept-alive connection stays in step
         if not self._authorized():
             return
-        length = int(self.headers.get("Content-Length") or 0)
         try:
-            req = json.loads(self.rfile.read(length) or b"{}")
+            req = json.loads(raw or b"{}")
         except ValueError:
             self._json(400, {"error": {"message": "body is not JSON"}})
             return

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from ktdeploy.cli import main
@@ -54,3 +55,25 @@ def test_logs_command_per_manager():
     assert logs_command("systemd", svcs, 50, True) == "journalctl --no-pager -o short-iso -u ktdeploy-api -u ktdeploy-webui -n 50 -f"
     assert logs_command("supervisord", svcs[:1], 5, True) == "tail -n 5 -F /var/log/ktdeploy/ktdeploy-api.log"
     assert logs_command("supervisord", svcs, 5, False) == "tail -n 5 /var/log/ktdeploy/ktdeploy-api.log /var/log/w.log"
+
+
+def test_ask_streams_answer_to_stdout_reasoning_apart_and_names_a_missing_key(capsys):
+    from openai import OpenAI
+
+    from ktdeploy.cli.status_cmd import _api_errors, ask
+    from ktdeploy.errors import KtdeployError
+    from tests.support import fake_openai
+
+    srv = fake_openai.serve_in_thread(model="m", api_key="k1")
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        ask(OpenAI(base_url=url, api_key="k1"), "m", "hi", 64, as_json=False, hide_reasoning=False)
+        out, err = capsys.readouterr()
+        assert out.strip() == "Hello! I am a small test model."
+        assert "[reasoning]" in err and "The user wants a greeting." in err and "<think>" not in out + err
+        with pytest.raises(KtdeployError, match="the API wants a key"):
+            with _api_errors("h"):
+                ask(OpenAI(base_url=url, api_key="wrong", max_retries=0), "m", "hi", 8, as_json=True, hide_reasoning=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
