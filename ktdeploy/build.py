@@ -245,6 +245,8 @@ def load_series(patches_root: str, version: str) -> list[dict]:
 
     folder = Path(patches_root) / version_dir(version)
     series = folder / "series"
+    if not Path(patches_root).is_dir():
+        raise BuildSettingsError(f"patch folder {patches_root} does not exist; set ktransformers_patches_root")
     if not series.is_file():
         raise BuildSettingsError(
             f"no patch series for KTransformers {version} (looked for {series}); "
