@@ -2,12 +2,13 @@
 
 import sys
 
-import cpuinfer_ext
-import torch
+import torch  # first: importing torch after cpuinfer_ext crashes (seen on the H200 with torch 2.11)
+
+import cpuinfer_ext  # noqa: E402
 
 GGML = {"F16": 1, "Q4_K": 12, "IQ1_S": 19}
 TYPE_BYTES = {"F16": (2, 1), "Q4_K": (144, 256), "IQ1_S": (50, 256)}  # bytes per block, block size
-EXPERTS, ROUTED, HIDDEN, INTER, STRIDE = 4, 2, 1024, 512, 64
+EXPERTS, ROUTED, HIDDEN, INTER, STRIDE = 8, 2, 1024, 512, 32
 
 
 def make(type_name):
@@ -15,16 +16,16 @@ def make(type_name):
     weights = [torch.zeros(EXPERTS * HIDDEN * INTER * size // block, dtype=torch.uint8) for _ in range(3)]
     t = GGML[type_name]
     config = cpuinfer_ext.moe.MOEConfig(
-        EXPERTS, ROUTED, HIDDEN, INTER, STRIDE, 10, 64,
+        EXPERTS, ROUTED, HIDDEN, INTER, STRIDE, 10, 1024,
         weights[0].data_ptr(), weights[1].data_ptr(), weights[2].data_ptr(), t, t, t, GGML["F16"],
     )
     return cpuinfer_ext.moe.MOE(config), weights
 
 
 moe, keep = make("Q4_K")
-cpu = cpuinfer_ext.CPUInfer(4)
-ids = torch.tensor([[0, 1]], dtype=torch.int64)
-w = torch.full((1, ROUTED), 0.5, dtype=torch.float32)
+cpu = cpuinfer_ext.CPUInfer(8)
+ids = torch.randperm(EXPERTS)[:ROUTED].reshape(1, ROUTED).contiguous()
+w = torch.rand(1, ROUTED, dtype=torch.float32)
 x = torch.randn(1, HIDDEN, dtype=torch.float16)
 y = torch.empty(1, HIDDEN, dtype=torch.float16)
 cpu.submit(moe.forward(1, ROUTED, ids.data_ptr(), w.data_ptr(), x.data_ptr(), y.data_ptr()))
