@@ -1,0 +1,130 @@
+"""The ktransformers role on a lab host: no GPU, no nvcc, no torch.
+
+The sdist comes through the lab wheelhouse, the patch series applies and a re-run skips it, the
+rendered build environment follows the plan (USE_NUMA absent for one NUMA node, present for
+several), and the build stops with "CUDA toolkit not found" before anything is installed.
+
+torch is not installed on the lab host: its CPU wheel alone is ~200 MB per host and the build
+stops before needing it; the checks that involve torch run in the unit tests and on the H200.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ktdeploy import build
+from ktdeploy.resources import ansible_cfg, share_dir
+
+pytestmark = pytest.mark.lab
+
+SDIST = "ktransformers==0.2.1.post1"
+PLAN_SINGLE = {"use_numa": False, "cpu_instruct": "AVX2", "torch_cuda_arch_list": "8.6", "max_jobs": 1, "kt_version": "0.2.1.post1"}
+PLAN_MULTI = {**PLAN_SINGLE, "use_numa": True, "torch_cuda_arch_list": "8.0;9.0"}
+ROOT = "/srv/ktbuild"
+
+PLAY = """
+- name: Converge the ktransformers role
+  hosts: all
+  become: true
+  gather_facts: false
+  pre_tasks:
+    - name: Refresh the apt lists, as the base role does
+      ansible.builtin.apt:
+        update_cache: true
+  roles:
+    - role: ktransformers
+"""
+
+
+@pytest.fixture(scope="module")
+def index_url(lab):
+    lab.wheelhouse.add([SDIST], no_deps=True, sdist=True)
+    return lab.wheelhouse.index_url
+
+
+def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dict, str]:
+    """Run the role through ansible-runner; returns (rc, last result per task name, stdout)."""
+    import ansible_runner
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "play.yml").write_text(PLAY)
+    extravars = {
+        "base_data_dir": f"{ROOT}/data",
+        "base_state_dir": f"{ROOT}/state",
+        "base_service_user": "root",
+        "python_env_python": "/usr/bin/python3",
+        "cuda_home": "/usr/local/cuda",
+        "ktransformers_source": "sdist",
+        "ktransformers_pip_index_url": index_url,
+        "ktdeploy_plan": {"build": plan},
+    }
+    runner = ansible_runner.run(
+        private_data_dir=str(tmp_path / "runner"),
+        playbook=str(tmp_path / "play.yml"),
+        inventory=str(host.inventory_path()),
+        extravars=extravars,
+        envvars={"ANSIBLE_CONFIG": str(ansible_cfg()), "ANSIBLE_ROLES_PATH": str(share_dir() / "roles")},
+        quiet=True,
+        timeout=900,
+    )
+    results = {}
+    for event in runner.events:
+        data = event.get("event_data", {})
+        if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_skipped"):
+            results[data["task"]] = {**data.get("res", {}), "event": event["event"]}
+    return runner.rc, results, runner.stdout.read()
+
+
+def task_result(results: dict, name_start: str) -> dict:
+    for name, res in results.items():
+        if name.startswith(name_start):
+            return res
+    raise AssertionError(f"no task named {name_start!r} ran; ran: {', '.join(results)}")
+
+
+def tree_of(plan: dict) -> str:
+    series = build.load_series(str(share_dir() / "patches" / "ktransformers"), plan["kt_version"])
+    return f"{ROOT}/data/build/ktransformers-{build.version_dir(plan['kt_version'])}-{build.series_digest(series)}"
+
+
+def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_host, tmp_path, index_url):
+    tree = tree_of(PLAN_SINGLE)
+    rc, report, out = converge(lab_host, tmp_path / "first", PLAN_SINGLE, index_url)
+
+    assert rc != 0, out
+    stop = task_result(report, "Stop before building when the host cannot build")
+    assert stop.get("failed") and "CUDA toolkit not found: no working /usr/local/cuda/bin/nvcc" in stop["msg"]
+    patched = task_result(report, "Apply the patch series")
+    assert patched["changed"] and [p.split("-", 1)[0] for p in patched["applied"]] == ["0001", "0002"]
+    assert lab_host.run(f"grep -c moe_probe_sgemm {tree}/ktransformers/ktransformers_ext/operators/llamafile/moe.cpp", check=True).stdout.strip() != "0"
+
+    script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
+    assert "export USE_NUMA" not in script and "unset USE_NUMA" in script
+    for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=AVX2", "export TORCH_CUDA_ARCH_LIST=8.6",
+                 "export MAX_JOBS=1", "export CMAKE_BUILD_PARALLEL_LEVEL=1", "export CUDA_HOME=/usr/local/cuda"):
+        assert line in script
+
+    # nothing half-installed: no build started, no package, no stamp, no build output
+    left = lab_host.run(
+        f"python3 -c 'import ktransformers' 2>/dev/null && echo imported; ls {ROOT}/state/build; "
+        f"ls -d {tree}/build {tree}.log {tree}.lock 2>/dev/null; true", check=True,
+    ).stdout.split()
+    assert left == []
+
+    rc, report, out = converge(lab_host, tmp_path / "second", PLAN_MULTI, index_url)
+    assert rc != 0, out
+    again = task_result(report, "Apply the patch series")
+    assert not again["changed"] and again["applied"] == [] and len(again["skipped"]) == 2
+    assert not task_result(report, "Unpack the sdist")["changed"]
+    script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
+    assert "export USE_NUMA=1" in script and "export TORCH_CUDA_ARCH_LIST='8.0;9.0'" in script
+    assert "CUDA toolkit not found" in task_result(report, "Stop before building")["msg"]
+
+
+def test_bad_plan_stops_before_the_host_changes(lab_host, tmp_path, index_url):
+    rc, report, out = converge(lab_host, tmp_path, {**PLAN_SINGLE, "use_numa": "0"}, index_url)
+    assert rc != 0
+    assert "use_numa must be true or false" in out
+    assert lab_host.run(f"test -e {ROOT} && echo present; true", check=True).stdout.strip() == ""
