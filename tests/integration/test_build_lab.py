@@ -48,7 +48,7 @@ def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dic
     """Run the role through ansible-runner; returns (rc, last result per task name, stdout)."""
     import ansible_runner
 
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "runner").mkdir(parents=True, exist_ok=True)
     (tmp_path / "play.yml").write_text(PLAY)
     extravars = {
         "base_data_dir": f"{ROOT}/data",
