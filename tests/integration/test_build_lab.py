@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ktdeploy import build
-from ktdeploy.resources import ansible_cfg, share_dir
+from ktdeploy.resources import ansible_bin, ansible_cfg, share_dir
 
 pytestmark = pytest.mark.lab
 
@@ -66,6 +66,7 @@ def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dic
         inventory=str(host.inventory_path()),
         extravars=extravars,
         envvars={"ANSIBLE_CONFIG": str(ansible_cfg()), "ANSIBLE_ROLES_PATH": str(share_dir() / "roles")},
+        binary=ansible_bin("ansible-playbook"),
         quiet=True,
         timeout=900,
     )
