@@ -48,8 +48,8 @@ def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dic
     """Run the role through ansible-runner; returns (rc, last result per task name, stdout)."""
     import ansible_runner
 
-    (tmp_path / "runner").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "play.yml").write_text(PLAY)
+    (tmp_path / "runner" / "project").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "runner" / "project" / "play.yml").write_text(PLAY)
     extravars = {
         "base_data_dir": f"{ROOT}/data",
         "base_state_dir": f"{ROOT}/state",
@@ -62,7 +62,7 @@ def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dic
     }
     runner = ansible_runner.run(
         private_data_dir=str(tmp_path / "runner"),
-        playbook=str(tmp_path / "play.yml"),
+        playbook="play.yml",
         inventory=str(host.inventory_path()),
         extravars=extravars,
         envvars={"ANSIBLE_CONFIG": str(ansible_cfg()), "ANSIBLE_ROLES_PATH": str(share_dir() / "roles")},
