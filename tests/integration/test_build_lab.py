@@ -10,6 +10,7 @@ stops before needing it; the checks that involve torch run in the unit tests and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,11 @@ def converge(host, tmp_path: Path, plan: dict, index_url: str) -> tuple[int, dic
         playbook="play.yml",
         inventory=str(host.inventory_path()),
         extravars=extravars,
-        envvars={"ANSIBLE_CONFIG": str(ansible_cfg()), "ANSIBLE_ROLES_PATH": str(share_dir() / "roles")},
-        binary=ansible_bin("ansible-playbook"),
+        envvars={
+            "ANSIBLE_CONFIG": str(ansible_cfg()),
+            "ANSIBLE_ROLES_PATH": str(share_dir() / "roles"),
+            "PATH": f"{Path(ansible_bin('ansible-playbook')).parent}{os.pathsep}{os.environ['PATH']}",
+        },
         quiet=True,
         timeout=900,
     )
