@@ -100,7 +100,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
 
     assert rc != 0, out
     stop = task_result(report, "Stop before building when the host cannot build")
-    assert stop.get("failed") and "CUDA toolkit not found: no working /usr/local/cuda/bin/nvcc" in stop["msg"]
+    assert stop["event"] == "runner_on_failed" and "CUDA toolkit not found: no working /usr/local/cuda/bin/nvcc" in stop["msg"]
     patched = task_result(report, "Apply the patch series")
     assert patched["changed"] and [p.split("-", 1)[0] for p in patched["applied"]] == ["0001", "0002"]
     assert lab_host.run(f"grep -c moe_probe_sgemm {tree}/ktransformers/ktransformers_ext/operators/llamafile/moe.cpp", check=True).stdout.strip() != "0"
