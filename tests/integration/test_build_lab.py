@@ -121,7 +121,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     rc, report, out = converge(lab_host, tmp_path / "second", PLAN_MULTI, index_url)
     assert rc != 0, out
     again = task_result(report, "Apply the patch series")
-    assert not again.get("changed") and again["applied"] == [] and len(again["skipped"]) == 2
+    assert not again.get("changed") and again["applied"] == [] and len(again["already_applied"]) == 2
     assert not task_result(report, "Unpack the sdist").get("changed")
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA=1" in script and "export TORCH_CUDA_ARCH_LIST='8.0;9.0'" in script

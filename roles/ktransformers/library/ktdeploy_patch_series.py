@@ -27,7 +27,7 @@ applied:
   description: names of the patches applied by this run
   type: list
   returned: always
-skipped:
+already_applied:
   description: names of the patches that were already applied
   type: list
   returned: always
@@ -106,26 +106,26 @@ def main():
     src = module.params["src"]
     if not os.path.isdir(src):
         module.fail_json(msg=f"source tree {src} does not exist")
-    applied, skipped = [], []
+    applied, already_applied = [], []
     for entry in module.params["patches"]:
         name, content = entry["name"], entry["content"]
         with tempfile.NamedTemporaryFile("w", suffix=".patch", delete=False) as fh:
             fh.write(content)
         try:
             if _patch(module, src, fh.name, "-R", "--dry-run")[0] == 0:
-                skipped.append(name)
+                already_applied.append(name)
                 continue
             rc, out = _patch(module, src, fh.name, "--dry-run")
             if rc != 0:
-                module.fail_json(msg=describe_failure(name, content, out), applied=applied, skipped=skipped)
+                module.fail_json(msg=describe_failure(name, content, out), applied=applied, already_applied=already_applied)
             if not module.check_mode:
                 rc, out = _patch(module, src, fh.name)
                 if rc != 0:
-                    module.fail_json(msg=describe_failure(name, content, out), applied=applied, skipped=skipped)
+                    module.fail_json(msg=describe_failure(name, content, out), applied=applied, already_applied=already_applied)
             applied.append(name)
         finally:
             os.unlink(fh.name)
-    module.exit_json(changed=bool(applied), applied=applied, skipped=skipped)
+    module.exit_json(changed=bool(applied), applied=applied, already_applied=already_applied)
 
 
 if __name__ == "__main__":
