@@ -284,3 +284,12 @@ def source_problem(source: str, version: str, tarball: str = "") -> str | None:
     if source == "tarball" and not tarball:
         return "ktransformers_source is tarball but ktransformers_tarball names no archive"
     return None
+
+
+def pip_args_text(args) -> str:
+    """python_env's pip settings (a list of options, or already one string) as one shell-quoted string."""
+    import shlex
+
+    if isinstance(args, str):
+        return args
+    return " ".join(shlex.quote(str(a)) for a in args or [])

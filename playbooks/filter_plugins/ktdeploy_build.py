@@ -34,6 +34,7 @@ class FilterModule:
     def filters(self):
         return {
             "ktdeploy_build_settings": _wrap(build.settings),
+            "ktdeploy_pip_args_text": build.pip_args_text,
             "ktdeploy_build_env": _wrap(build.build_env),
             "ktdeploy_build_stamp": _wrap(_stamp),
             "ktdeploy_build_problems": _wrap(build.build_problems),

@@ -196,3 +196,10 @@ def test_series_files_of_the_repo_load():
 
 def test_series_comments_and_blank_lines():
     assert build.series_entries("# c\n\n0001-a.patch  # note\n../x/0002-b.patch\n") == ["0001-a.patch", "../x/0002-b.patch"]
+
+
+def test_pip_args_text_takes_lists_and_strings():
+    assert build.pip_args_text(["--index-url", "http://10.203.0.1:3141/simple/", "--find-links", "/srv/my wheels"]) == \
+        "--index-url http://10.203.0.1:3141/simple/ --find-links '/srv/my wheels'"
+    assert build.pip_args_text("--no-index") == "--no-index"
+    assert build.pip_args_text(None) == ""
