@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urldefrag
 
+from ktdeploy.plan import GIB_PER_BUILD_JOB
+
 SETTING_KEYS = ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "kt_version")
 CPU_INSTRUCTS = ("NATIVE", "FANCY", "AVX512", "AVX2")
 
-# nvcc on the Marlin and dequant kernels peaks near 3.5 GiB per job (cc1plus for cpuinfer_ext needs
-# less); 4 GiB leaves room for the rest of the host. The plan sizes max_jobs with the same figure.
-RAM_PER_JOB_GIB = 4.0
+# RAM one compile job may take: the plan's figure, the one that sized max_jobs.
+RAM_PER_JOB_GIB = GIB_PER_BUILD_JOB
 
 # The PyPI sdist is the only legacy release there; its sha256 as published by the index.
 KNOWN_SDIST_SHA256 = {
@@ -43,7 +44,10 @@ def settings(build: Mapping) -> dict:
     missing = [k for k in SETTING_KEYS if k not in build]
     if missing:
         problems.append(f"missing build settings: {', '.join(missing)} (run `ktdeploy preflight` to plan them)")
-    out = {k: build[k] for k in SETTING_KEYS if k in build}
+    nulls = [k for k in SETTING_KEYS if k in build and build[k] is None]
+    if nulls:
+        problems.append(f"the plan has no {', '.join(nulls)} for this host (see the problems `ktdeploy preflight` reports)")
+    out = {k: build[k] for k in SETTING_KEYS if k in build and build[k] is not None}
     if "use_numa" in out and not isinstance(out["use_numa"], bool):
         problems.append(f"use_numa must be true or false, not {out['use_numa']!r}")
     if "cpu_instruct" in out and out["cpu_instruct"] not in CPU_INSTRUCTS:

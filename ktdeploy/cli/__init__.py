@@ -14,9 +14,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from ktdeploy.cli import lab_cmd, provision_cmd
+    from ktdeploy.cli import (
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+    )
 
-    for module in (lab_cmd, provision_cmd):
+    for module in (
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

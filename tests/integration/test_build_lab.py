@@ -15,14 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from ktdeploy import build
+from ktdeploy import build, facts, plan
 from ktdeploy.resources import ansible_bin, ansible_cfg, share_dir
 
 pytestmark = pytest.mark.lab
 
 SDIST = "ktransformers==0.2.1.post1"
-PLAN_SINGLE = {"use_numa": False, "cpu_instruct": "AVX2", "torch_cuda_arch_list": "8.6", "max_jobs": 1, "kt_version": "0.2.1.post1"}
-PLAN_MULTI = {**PLAN_SINGLE, "use_numa": True, "torch_cuda_arch_list": "8.0;9.0"}
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
+
+
+def fixture_build(machine: str) -> dict:
+    """The build section the plan makes for a recorded machine, for the sdist version."""
+    return {**plan.make_plan(facts.parse(facts.load_dir(FIXTURES / machine))).to_dict()["build"], "kt_version": "0.2.1.post1"}
+
+
+PLAN_SINGLE = fixture_build("autodl-8352v-vgpu32")  # the tutorial's container: one NUMA node
+PLAN_MULTI = fixture_build("dual-gold6430-64vcpu-4090")  # two sockets, two nodes, RAM for two copies
 ROOT = "/srv/ktbuild"
 
 PLAY = """
@@ -34,6 +42,11 @@ PLAY = """
     - name: Refresh the apt lists, as the base role does
       ansible.builtin.apt:
         update_cache: true
+    - name: Create the stage record directory, as the base role does
+      ansible.builtin.file:
+        path: "{{ base_state_dir }}/stages"
+        state: directory
+        mode: "0755"
   roles:
     - role: ktransformers
 """
@@ -98,7 +111,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     # one host for the whole story (a boot costs more than the checks): bad input first
     rc, report, out = converge(lab_host, tmp_path / "bad", {**PLAN_SINGLE, "use_numa": "0"}, index_url)
     assert rc != 0 and "use_numa must be true or false" in out
-    assert lab_host.run(f"test -e {ROOT} && echo present; true", check=True).stdout.strip() == ""
+    assert lab_host.run(f"ls -d {ROOT}/data {ROOT}/state/build 2>/dev/null; true", check=True).stdout.strip() == ""
 
     tree = tree_of(PLAN_SINGLE)
     rc, report, out = converge(lab_host, tmp_path / "first", PLAN_SINGLE, index_url)
@@ -112,8 +125,8 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
 
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA" not in script and "unset USE_NUMA" in script
-    for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=AVX2", "export TORCH_CUDA_ARCH_LIST=8.6",
-                 "export MAX_JOBS=1", "export CMAKE_BUILD_PARALLEL_LEVEL=1", "export CUDA_HOME=/usr/local/cuda"):
+    for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=FANCY", "export TORCH_CUDA_ARCH_LIST=8.9",
+                 "export MAX_JOBS=14", "export CMAKE_BUILD_PARALLEL_LEVEL=14", "export CUDA_HOME=/usr/local/cuda"):
         assert line in script
 
     # nothing half-installed: no build started, no package, no stamp, no build output
@@ -129,5 +142,5 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     assert not again.get("changed") and again["applied"] == [] and len(again["already_applied"]) == 2
     assert not task_result(report, "Unpack the sdist").get("changed")
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
-    assert "export USE_NUMA=1" in script and "export TORCH_CUDA_ARCH_LIST='8.0;9.0'" in script
+    assert "export USE_NUMA=1" in script and "export MAX_JOBS=64" in script
     assert "CUDA toolkit not found" in task_result(report, "Stop before building")["msg"]

@@ -1,11 +1,32 @@
 """The KTransformers build rules in ktdeploy.build."""
 
+from pathlib import Path
+
 import pytest
 
-from ktdeploy import build
+from ktdeploy import build, facts, plan
 
 PLAN_SINGLE = {"use_numa": False, "cpu_instruct": "FANCY", "torch_cuda_arch_list": "8.9", "max_jobs": 8, "kt_version": "v0.2.3post2"}
 PLAN_MULTI = {"use_numa": True, "cpu_instruct": "AVX512", "torch_cuda_arch_list": "8.0;9.0", "max_jobs": 16, "kt_version": "v0.2.3post2"}
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
+
+
+def fixture_build(machine: str) -> dict:
+    return plan.make_plan(facts.parse(facts.load_dir(FIXTURES / machine))).to_dict()["build"]
+
+
+def test_plans_of_recorded_machines_render_their_numa_choice():
+    single = build.build_env(fixture_build("autodl-8352v-vgpu32"), "/usr/local/cuda")
+    multi = build.build_env(fixture_build("dual-gold6430-64vcpu-4090"), "/usr/local/cuda")
+    assert "USE_NUMA" not in single and multi["USE_NUMA"] == "1"
+    assert single["CPU_INSTRUCT"] == multi["CPU_INSTRUCT"] == "FANCY"
+    assert single["MAX_JOBS"] == single["CMAKE_BUILD_PARALLEL_LEVEL"] == "14"
+    assert multi["TORCH_CUDA_ARCH_LIST"] == "8.9"
+
+
+def test_plan_without_gpu_cannot_build():
+    with pytest.raises(build.BuildSettingsError, match="the plan has no torch_cuda_arch_list for this host"):
+        build.build_env(fixture_build("ci-kvm-2cpu-nogpu"), "/usr/local/cuda")
 
 NVCC_126 = "nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 12.6, V12.6.85\n"
 NVCC_130 = "Cuda compilation tools, release 13.0, V13.0.88\nBuild cuda_13.0.r13.0/compiler.36424714_0\n"
@@ -142,7 +163,7 @@ def test_missing_compiler_is_reported():
 def test_too_many_jobs_for_ram_suggests_a_number():
     (problem,) = build.build_problems(good_probe(), max_jobs=32)
     assert "not enough RAM for 32 build jobs: 60.0 GiB available" in problem
-    assert "lower max_jobs to 15" in problem
+    assert "6 GiB per job needed; lower max_jobs to 10" in problem
 
 
 def test_numa_log_must_agree_with_plan():
