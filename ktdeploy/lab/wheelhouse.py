@@ -12,8 +12,10 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -125,27 +127,52 @@ class Wheelhouse:
         if not requirements:
             raise ValueError("wheelhouse.add needs at least one requirement")
         key = request_key(requirements, no_deps, sdist)
+        known = self._recorded(key)
+        if known is not None:
+            return known
+        # Download outside the lock (a big request elsewhere must not hold this one up), then
+        # move the files in and rewrite the index under it.
+        self.files.mkdir(parents=True, exist_ok=True)
+        incoming = Path(tempfile.mkdtemp(prefix="incoming-", dir=self.base))
+        try:
+            got = self._download(requirements, no_deps, sdist, incoming)
+            with file_lock(self.base / "lock"):
+                for f in incoming.iterdir():
+                    if not (self.files / f.name).exists():
+                        os.replace(f, self.files / f.name)
+                build_index(self.files, self.simple)
+                records = self._records()
+                records[key] = got
+                _write(self.records, json.dumps(records, indent=1, sort_keys=True))
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        return got
+
+    def _records(self) -> dict:
+        return json.loads(self.records.read_text()) if self.records.exists() else {}
+
+    def _recorded(self, key: str) -> list[str] | None:
         with file_lock(self.base / "lock"):
-            records = json.loads(self.records.read_text()) if self.records.exists() else {}
-            known = records.get(key)
-            if known and all((self.files / f).exists() for f in known):
-                return known
-            self.files.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--dest", str(self.files)]
-            if no_deps:
-                argv.append("--no-deps")
-            if sdist:
-                argv += ["--no-binary", ":all:"]
-            proc = subprocess.run([*argv, *requirements], capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-                raise WheelhouseError(f"pip download {' '.join(requirements)} failed:\n{tail}")
-            names = sorted(set(re.findall(r"(?:Saved|File was already downloaded) (\S+)", proc.stdout)))
-            got = [Path(n).name for n in names]
-            build_index(self.files, self.simple)
-            records[key] = got
-            _write(self.records, json.dumps(records, indent=1, sort_keys=True))
-            return got
+            known = self._records().get(key)
+        if known and all((self.files / f).exists() for f in known):
+            return known
+        return None
+
+    def _download(self, requirements: list[str], no_deps: bool, sdist: bool, dest: Path) -> list[str]:
+        """The controller's own `pip download` (its pip config picks the index); files already in
+        the wheelhouse are reused through --find-links."""
+        argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+                "--dest", str(dest), "--find-links", str(self.files)]
+        if no_deps:
+            argv.append("--no-deps")
+        if sdist:
+            argv += ["--no-binary", ":all:"]
+        proc = subprocess.run([*argv, *requirements], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise WheelhouseError(f"pip download {' '.join(requirements)} failed:\n{tail}")
+        names = re.findall(r"(?:Saved|File was already downloaded) (\S+)", proc.stdout)
+        return sorted({Path(n).name for n in names})
 
     # -- the HTTP server -------------------------------------------------------------------------
 
