@@ -27,6 +27,36 @@ from ktdeploy.lab.paths import CONTROLLER_IP, WHEELHOUSE_PORT
 INDEX_URL = f"http://{CONTROLLER_IP}:{WHEELHOUSE_PORT}/simple/"
 _ARCHIVES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
 
+_FETCH_SDISTS = r"""
+import hashlib, sys
+from pathlib import Path
+from pip._internal.commands.download import DownloadCommand
+from pip._internal.req.constructors import install_req_from_line
+
+dest, wheelhouse, lines = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+cmd = DownloadCommand("download", "fetch sdists")
+opts, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", "--find-links", wheelhouse])
+with cmd.main_context():
+    session = cmd.get_default_session(opts)
+    finder = cmd._build_package_finder(opts, session)
+    for line in lines:
+        req = install_req_from_line(line).req
+        best = finder.find_best_candidate(req.name, req.specifier).best_candidate
+        if best is None:
+            sys.exit(f"no sdist matching {line} on the configured indexes")
+        link = best.link
+        if link.scheme == "file":
+            data = Path(link.file_path).read_bytes()
+        else:
+            resp = session.get(link.url_without_fragment)
+            resp.raise_for_status()
+            data = resp.content
+        if link.hash_name == "sha256" and hashlib.sha256(data).hexdigest() != link.hash:
+            sys.exit(f"{link.filename}: sha256 differs from the index's")
+        (dest / link.filename).write_bytes(data)
+        print("Saved", link.filename)
+"""
+
 
 class WheelhouseError(RuntimeError):
     pass
@@ -161,6 +191,8 @@ class Wheelhouse:
     def _download(self, requirements: list[str], no_deps: bool, sdist: bool, dest: Path) -> list[str]:
         """The controller's own `pip download` (its pip config picks the index); files already in
         the wheelhouse are reused through --find-links."""
+        if sdist and no_deps:
+            return self._fetch_sdists(requirements, dest)
         argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
                 "--dest", str(dest), "--find-links", str(self.files)]
         if no_deps:
@@ -173,6 +205,18 @@ class Wheelhouse:
             raise WheelhouseError(f"pip download {' '.join(requirements)} failed:\n{tail}")
         names = re.findall(r"(?:Saved|File was already downloaded) (\S+)", proc.stdout)
         return sorted({Path(n).name for n in names})
+
+    def _fetch_sdists(self, requirements: list[str], dest: Path) -> list[str]:
+        """Sdists fetched as files: `pip download` builds an sdist's metadata first, which runs its
+        setup.py (KTransformers' imports torch and calls nvcc). pip's own finder and session pick
+        the file, so the pip configuration still decides where from; the index's sha256 is checked."""
+        proc = subprocess.run([sys.executable, "-c", _FETCH_SDISTS, str(dest), str(self.files), *requirements],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise WheelhouseError(f"fetching the sdists {' '.join(requirements)} failed:\n{tail}")
+        return sorted(set(re.findall(r"^Saved (\S+)$", proc.stdout, flags=re.M)))
+
 
     # -- the HTTP server -------------------------------------------------------------------------
 
