@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import pytest
@@ -54,9 +56,10 @@ class Converged:
         return ansible_playbook(self.inventory, *extra, *args)
 
 
-def _converge(lab, tool: str, workdir, made: dict) -> Converged:
-    host = lab.up()
-    made[tool] = conv = Converged(host, write_inventory(host, workdir / "inventory.yml", role_vars(lab.wheelhouse)))
+def _converge(lab, tool: str, workdir, made: dict, boot_lock: threading.Lock) -> Converged:
+    with boot_lock:  # one Lab object, shared by the threads: boot one host at a time
+        host = lab.up()
+        made[tool] = conv = Converged(host, write_inventory(host, workdir / "inventory.yml", role_vars(lab.wheelhouse)))
     if tool == "ansible-playbook":
         conv.runs.append(ansible_playbook(conv.inventory, "--flush-cache"))
         if conv.runs[0].rc == 0:
@@ -70,22 +73,18 @@ def _converge(lab, tool: str, workdir, made: dict) -> Converged:
 
 @pytest.fixture(scope="module")
 def converge(lab, tmp_path_factory):
+    """tool -> its converged host. Both hosts converge at once (apt and dpkg wait on I/O much of the time)."""
     lab.wheelhouse.add(ENV_PACKAGES)
     made: dict[str, Converged] = {}
-
-    def get(tool: str) -> Converged:
-        if tool not in made:
-            made[tool] = None  # a host that fails to come up is not retried by every test
-            _converge(lab, tool, tmp_path_factory.mktemp(tool.replace("-", "")), made)
-        if made[tool] is None:
-            pytest.fail(f"converging with {tool} failed before a host was ready")
-        return made[tool]
-
-    try:
-        yield get
-    finally:
-        for conv in made.values():
-            if conv is not None:
+    boot_lock = threading.Lock()
+    workdirs = {tool: tmp_path_factory.mktemp(tool.replace("-", "")) for tool in TOOLS}
+    with ThreadPoolExecutor(len(TOOLS)) as pool:
+        futures = {tool: pool.submit(_converge, lab, tool, workdirs[tool], made, boot_lock) for tool in TOOLS}
+        try:
+            yield lambda tool: futures[tool].result()
+        finally:
+            wait(futures.values())
+            for conv in made.values():
                 lab.down(conv.host.index)
 
 
