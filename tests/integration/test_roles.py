@@ -56,18 +56,22 @@ class Converged:
         return ansible_playbook(self.inventory, *extra, *args)
 
 
+# The roles of issue 2; the GPU roles later in site.yml stop on a host without an NVIDIA driver.
+ROLES = "base,python_env"
+
+
 def _converge(lab, tool: str, workdir, made: dict, boot_lock: threading.Lock) -> Converged:
     with boot_lock:  # one Lab object, shared by the threads: boot one host at a time
         host = lab.up()
         made[tool] = conv = Converged(host, write_inventory(host, workdir / "inventory.yml", role_vars(lab.wheelhouse)))
     if tool == "ansible-playbook":
-        conv.runs.append(ansible_playbook(conv.inventory, "--flush-cache"))
+        conv.runs.append(ansible_playbook(conv.inventory, "--tags", ROLES, "--flush-cache"))
         if conv.runs[0].rc == 0:
-            conv.runs.append(ansible_playbook(conv.inventory))
+            conv.runs.append(ansible_playbook(conv.inventory, "--tags", ROLES))
     else:
-        conv.runs.append(ktdeploy_provision(conv.inventory, runs_dir=workdir / "runs"))
+        conv.runs.append(ktdeploy_provision(conv.inventory, "--only", ROLES, runs_dir=workdir / "runs"))
         if conv.runs[0].rc == 0:
-            conv.runs.append(ktdeploy_provision(conv.inventory, runs_dir=workdir / "runs"))
+            conv.runs.append(ktdeploy_provision(conv.inventory, "--only", ROLES, runs_dir=workdir / "runs"))
     return conv
 
 
@@ -244,7 +248,7 @@ SNAPSHOT = ("dpkg-query -W -f '${Package} ${Version} ${Status}\\n' | sha256sum; 
 def test_check_mode_on_a_fresh_host_changes_nothing(lab_host, lab, tmp_path):
     inventory = write_inventory(lab_host, tmp_path / "inventory.yml", role_vars(lab.wheelhouse))
     before = lab_host.run(SNAPSHOT, check=True).stdout
-    run = ansible_playbook(inventory, "--check", "--flush-cache")
+    run = ansible_playbook(inventory, "--check", "--tags", ROLES, "--flush-cache")
     assert run.rc == 0, run.explain()
     assert run.recap(lab_host.name)["failed"] == 0
     assert "Would refresh the apt index and install:" in run.stdout
