@@ -1,0 +1,56 @@
+"""`ktdeploy render HOST`: print the units, supervisord programs and environment files the serve
+role would write on HOST, rendered locally from the same templates. Secrets are masked."""
+
+from __future__ import annotations
+
+import click
+import yaml
+
+from ktdeploy.errors import BadInput
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"cannot read --set {item!r}", hint="write --set NAME=VALUE (VALUE is read as YAML)")
+        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+@click.command("render")
+@click.argument("host")
+@click.option("-i", "--inventory", type=click.Path(), help="Inventory holding HOST (its host and group vars apply).")
+@click.option("--profile", help="Apply a profile's settings (e.g. cpu-demo).")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a variable (repeatable).")
+@click.option("--manager", type=click.Choice(["systemd", "supervisor"]), help="Render for this service manager.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write the files under this directory.")
+def render(host, inventory, profile, sets, manager, output_dir):
+    """Preview the service files for HOST without touching it."""
+    from pathlib import Path
+
+    from ktdeploy.render import load_profile, rendered_files
+    from ktdeploy.targets import targets_from_inventory
+
+    overrides: dict = {}
+    if profile:
+        overrides.update(load_profile(profile))
+    if inventory:
+        overrides.update(targets_from_inventory(inventory, limit=[host])[0].hostvars)
+    overrides.update(_parse_sets(sets))
+    if manager:
+        overrides["serve_service_manager"] = manager
+    files = rendered_files(host, overrides)
+    for path, text in files.items():
+        if output_dir:
+            dest = Path(output_dir) / path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+            click.echo(str(dest))
+        else:
+            click.echo(f"# ==> {path} <==")
+            click.echo(text)
+
+
+COMMANDS = [render]
