@@ -65,6 +65,17 @@ def test_every_rendered_unit_passes_systemd_analyze_verify(case, tmp_path):
 
 
 @needs_analyze
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_unit_keeps_its_exposure_at_most_5(case, tmp_path):
+    files = rendered_files("gpu1", CASES[case])
+    verify(files, tmp_path)
+    for unit in (Path(p).name for p in files if p.endswith(".service")):
+        r = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path}", "--threshold=50", unit],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-800:]
+
+
+@needs_analyze
 def test_verify_catches_a_broken_unit(tmp_path):
     files = rendered_files("gpu1", TUTORIAL)
     api = "/etc/systemd/system/ktdeploy-api.service"
