@@ -11,7 +11,6 @@ import base64
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import jinja2
 import yaml
@@ -210,12 +209,3 @@ class _Overlay(Mapping):
 
     def __len__(self):
         return len(set(self.base) | set(self.top))
-
-
-def load_profile(name: str) -> dict:
-    """Extra-vars of a named profile (ktdeploy/profiles/NAME.yml)."""
-    path = Path(__file__).resolve().parent / "profiles" / f"{name}.yml"
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) or not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yml"))
-        raise BadInput(f"unknown profile {name!r}", hint=f"use one of: {', '.join(known) or '(none)'}")
-    return yaml.safe_load(path.read_text()) or {}

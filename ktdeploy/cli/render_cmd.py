@@ -30,7 +30,8 @@ def render(host, inventory, profile, sets, manager, output_dir):
     """Preview the service files for HOST without touching it."""
     from pathlib import Path
 
-    from ktdeploy.render import load_profile, rendered_files
+    from ktdeploy.profiles import load as load_profile
+    from ktdeploy.render import rendered_files
     from ktdeploy.targets import targets_from_inventory
 
     overrides: dict = {}

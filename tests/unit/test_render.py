@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from ktdeploy.cli import main
 from ktdeploy.errors import BadInput
-from ktdeploy.render import load_profile, rendered_files
+from ktdeploy.profiles import load as load_profile
+from ktdeploy.render import rendered_files
 
 # The tutorial's settings: model and GGUF under /root/autodl-tmp, port 10002, --max_new_tokens 2048,
 # --force_think, on the pinned legacy server.
