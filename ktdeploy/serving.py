@@ -190,3 +190,17 @@ def api_key_env_names(engine: str, flavour: str = "") -> list[str]:
     if engine == "llamacpp":
         names.append(llamacpp_api_key_env(flavour))
     return names
+
+
+def env_file_parse(text: str) -> dict:
+    """Read back an environment file written with env_file_value (as systemd and ktdeploy-svc do)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        words = shlex.split(line)
+        if words and "=" in words[0]:
+            key, _, value = words[0].partition("=")
+            out[key] = value
+    return out

@@ -14,4 +14,5 @@ def filters() -> dict:
         "ktdeploy_systemd_exec": serving.systemd_exec,
         "ktdeploy_supervisor_command": serving.supervisor_command,
         "ktdeploy_env_value": serving.env_file_value,
+        "ktdeploy_env_parse": serving.env_file_parse,
     }

@@ -90,6 +90,7 @@ def test_env_values_read_back_by_the_helper(tmp_path, value):
         capture_output=True, text=True, check=True,
     ).stdout
     assert out == f"{value}|{value}"
+    assert serving.env_file_parse(env_file.read_text()) == {"K": value}
 
 
 def test_env_value_rejects_newlines():
