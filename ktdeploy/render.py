@@ -159,7 +159,7 @@ def rendered_files(hostname: str, overrides: dict) -> dict[str, str]:
     for item in services:
         env_text = render("service.env.j2", item=item)
         files[f"{v['serve_config_dir']}/{item['name']}.env"] = _mask_secrets(env_text, v)
-        if manager == "supervisor":
+        if manager == "supervisord":
             files[f"/etc/supervisor/conf.d/{item['name']}.conf"] = render("supervisor-program.conf.j2", item=item)
         else:
             files[f"/etc/systemd/system/{item['name']}.service"] = render(item["unit_template"])

@@ -24,7 +24,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
 @click.option("-i", "--inventory", type=click.Path(), help="Inventory holding HOST (its host and group vars apply).")
 @click.option("--profile", help="Apply a profile's settings (e.g. cpu-demo).")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a variable (repeatable).")
-@click.option("--manager", type=click.Choice(["systemd", "supervisor"]), help="Render for this service manager.")
+@click.option("--manager", type=click.Choice(["systemd", "supervisord"]), help="Render for this service manager.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write the files under this directory.")
 def render(host, inventory, profile, sets, manager, output_dir):
     """Preview the service files for HOST without touching it."""

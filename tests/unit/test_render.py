@@ -124,7 +124,7 @@ def test_cpu_demo_profile_renders_llama_cpp_python_with_gemma():
 
 
 def test_supervisor_programs_run_the_same_command_and_env_files():
-    files = rendered_files("gpu1", {**TUTORIAL, "serve_service_manager": "supervisor"})
+    files = rendered_files("gpu1", {**TUTORIAL, "serve_service_manager": "supervisord"})
     prog = files["/etc/supervisor/conf.d/ktdeploy-api.conf"]
     unit = rendered_files("gpu1", TUTORIAL)["/etc/systemd/system/ktdeploy-api.service"]
     exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M)[1]
