@@ -82,21 +82,19 @@ def lab_extravars(lab, **more) -> dict:
     }
 
 
-def provision(host, extravars: dict, tmp: Path, *, check: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
-    """ansible-playbook playbooks/site.yml with the cpu-demo profile; returns the run and the recap."""
-    from ktdeploy.resources import ansible_bin
-
+def provision(host, hostvars: dict, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`ktdeploy provision -i INV --profile cpu-demo` against one lab host; returns the run and its
+    recap row ({"ok", "changed", "failed", "unreachable", "skipped"}). extra: `-e KEY=VALUE` pairs."""
     tmp.mkdir(parents=True, exist_ok=True)
-    ev = tmp / "extravars.json"
-    ev.write_text(json.dumps(extravars))
-    argv = [ansible_bin("ansible-playbook"), "-i", str(host.inventory_path()), str(ROOT / "playbooks/site.yml"),
-            "-e", f"@{ROOT / 'ktdeploy/profiles/cpu-demo.yml'}", "-e", f"@{ev}"]
-    if check:
-        argv.append("--check")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3000)
-    m = re.search(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", proc.stdout)
-    recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()))) if m else {}
+    inventory = tmp / "inventory.yml"
+    hosts = {host.name: {**host.hostvars(), **hostvars}}
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"lab": {"hosts": hosts}}}}))
+    argv = [str(Path(sys.executable).parent / "ktdeploy"), "provision", "-i", str(inventory), "--profile", "cpu-demo", "--plain"]
+    for pair in extra:
+        argv += ["-e", pair]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=3000)
+    m = re.search(rf"^\s*{re.escape(host.name)}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$", proc.stdout, re.M)
+    recap = dict(zip(("ok", "changed", "failed", "unreachable", "skipped"), map(int, m.groups()))) if m else {}
     return proc, recap
 
 

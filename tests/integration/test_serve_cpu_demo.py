@@ -133,7 +133,7 @@ def test_second_run_changes_nothing(demo, tmp_path):
 def test_changed_backend_url_takes_effect_despite_stored_config(demo, tmp_path):
     host, extravars = demo
     new_url = "http://localhost:10002/v1"
-    proc, recap = provision(host, {**extravars, "serve_webui_backend_url": new_url}, tmp_path)
+    proc, recap = provision(host, extravars, tmp_path, f"serve_webui_backend_url={new_url}")
     assert proc.returncode == 0, proc.stdout[-4000:]
     stored = http_json(webui(host) + "/openai/config", token=signin(host))
     assert stored["OPENAI_API_BASE_URLS"][0] == new_url
