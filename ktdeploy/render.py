@@ -1,7 +1,7 @@
 """Local preview of the files the serve role writes: the same templates, rendered with Jinja2.
 
 Variables are layered as Ansible layers them for a play: role defaults (base, python_env, serve),
-the serve role's vars, then profile extra-vars, inventory host vars and `--set` values, which win.
+the serve role's vars, then inventory host vars, profile extra-vars and `-e` values, which win.
 Values are resolved lazily, like Ansible's, so `{{ base_data_dir }}/models` follows an override.
 """
 
@@ -102,7 +102,7 @@ class LazyVars(Mapping):
                 tmpl = self.native.from_string(value)
                 out = native_concat(tmpl.root_render_func(tmpl.new_context(self, shared=True)))
             except jinja2.UndefinedError as e:
-                raise BadInput(f"variable {key}: {e}", hint="define it in the inventory, profile or with --set") from e
+                raise BadInput(f"variable {key}: {e}", hint="define it in the inventory, a profile or with -e KEY=VALUE") from e
             return self._resolve(out, key) if isinstance(out, str) and "{{" in out else out
         if isinstance(value, dict):
             return {k: self._resolve(v, key) for k, v in value.items()}

@@ -73,6 +73,16 @@ def ktransformers_argv(version: str, s: dict) -> list[str]:
     return argv
 
 
+# Option names of the two llama.cpp servers for the same settings (None: not supported).
+_LLAMACPP_OPTIONS = {
+    "cpp": {"model": "--model", "alias": "--alias", "host": "--host", "port": "--port",
+            "n_gpu_layers": "--n-gpu-layers", "ctx_size": "--ctx-size", "threads": "--threads", "chat_format": None},
+    "python": {"model": "--model", "alias": "--model_alias", "host": "--host", "port": "--port",
+               "n_gpu_layers": "--n_gpu_layers", "ctx_size": "--n_ctx", "threads": "--n_threads",
+               "chat_format": "--chat_format"},
+}
+
+
 def llamacpp_argv(flavour: str, s: dict) -> list[str]:
     """Arguments for llama.cpp's server: the C++ `llama-server` or llama-cpp-python's `llama_cpp.server`.
 
@@ -80,37 +90,19 @@ def llamacpp_argv(flavour: str, s: dict) -> list[str]:
     chat_format (python flavour; empty = the GGUF's own template). The API key, when set, comes from
     the environment (`LLAMA_API_KEY` for llama-server, `API_KEY` for llama-cpp-python), never argv.
     """
-    if flavour == "cpp":
-        argv = [
-            "--model", str(s["model"]),
-            "--alias", str(s["alias"]),
-            "--host", str(s["host"]),
-            "--port", str(s["port"]),
-            "--n-gpu-layers", str(s["n_gpu_layers"]),
-            "--ctx-size", str(s["ctx_size"]),
-        ]
-        if int(s.get("threads") or 0) > 0:
-            argv += ["--threads", str(s["threads"])]
-        return argv
-    if flavour == "python":
-        argv = [
-            "-m", "llama_cpp.server",
-            "--model", str(s["model"]),
-            "--model_alias", str(s["alias"]),
-            "--host", str(s["host"]),
-            "--port", str(s["port"]),
-            "--n_gpu_layers", str(s["n_gpu_layers"]),
-            "--n_ctx", str(s["ctx_size"]),
-        ]
-        if int(s.get("threads") or 0) > 0:
-            argv += ["--n_threads", str(s["threads"])]
-        if s.get("chat_format"):
-            argv += ["--chat_format", str(s["chat_format"])]
-        return argv
-    raise BadInput(
-        f"unknown llama.cpp flavour {flavour!r}",
-        hint=f"set serve_llamacpp_flavour to one of: {', '.join(LLAMACPP_FLAVOURS)}",
-    )
+    options = _LLAMACPP_OPTIONS.get(flavour)
+    if options is None:
+        raise BadInput(
+            f"unknown llama.cpp flavour {flavour!r}",
+            hint=f"set serve_llamacpp_flavour to one of: {', '.join(LLAMACPP_FLAVOURS)}",
+        )
+    argv = ["-m", "llama_cpp.server"] if flavour == "python" else []
+    for key, option in options.items():
+        value = s.get(key)
+        skip = option is None or value in (None, "") or (key == "threads" and int(value) <= 0)
+        if not skip:
+            argv += [option, str(value)]
+    return argv
 
 
 def llamacpp_api_key_env(flavour: str) -> str:

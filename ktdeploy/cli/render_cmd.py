@@ -4,42 +4,31 @@ role would write on HOST, rendered locally from the same templates. Secrets are 
 from __future__ import annotations
 
 import click
-import yaml
-
-from ktdeploy.errors import BadInput
-
-
-def _parse_sets(values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"cannot read --set {item!r}", hint="write --set NAME=VALUE (VALUE is read as YAML)")
-        out[key.strip()] = yaml.safe_load(raw) if raw else ""
-    return out
 
 
 @click.command("render")
 @click.argument("host")
 @click.option("-i", "--inventory", type=click.Path(), help="Inventory holding HOST (its host and group vars apply).")
 @click.option("--profile", help="Apply a profile's settings (e.g. cpu-demo).")
-@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a variable (repeatable).")
+@click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Set a variable (repeatable), as `ktdeploy provision -e` does.")
 @click.option("--manager", type=click.Choice(["systemd", "supervisord"]), help="Render for this service manager.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write the files under this directory.")
-def render(host, inventory, profile, sets, manager, output_dir):
+def render(host, inventory, profile, extra, manager, output_dir):
     """Preview the service files for HOST without touching it."""
     from pathlib import Path
 
+    from ktdeploy.cli.provision_cmd import _extravars
     from ktdeploy.profiles import load as load_profile
     from ktdeploy.render import rendered_files
     from ktdeploy.targets import targets_from_inventory
 
     overrides: dict = {}
-    if profile:
-        overrides.update(load_profile(profile))
     if inventory:
         overrides.update(targets_from_inventory(inventory, limit=[host])[0].hostvars)
-    overrides.update(_parse_sets(sets))
+    if profile:
+        overrides.update(load_profile(profile))
+    overrides.update(_extravars(extra))
     if manager:
         overrides["serve_service_manager"] = manager
     files = rendered_files(host, overrides)

@@ -23,6 +23,8 @@ LLAMACPP_VERSION = DEFAULTS["serve_llamacpp_version"]
 CMAKE_ARGS = DEFAULTS["serve_llamacpp_cmake_args"]
 WEBUI_VERSION = DEFAULTS["serve_webui_version"]
 DEMO = yaml.safe_load((ROOT / "ktdeploy/profiles/cpu-demo.yml").read_text())
+MODEL = DEMO["serve_model_name"]
+API = "http://127.0.0.1:10002/v1"  # the API as seen on the lab host itself
 ADMIN_EMAIL = "admin@example.org"
 ADMIN_PASSWORD = "lab-Admin-pw-1"
 

@@ -15,7 +15,8 @@ import pytest
 from servefixtures import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
-    DEMO,
+    API,
+    MODEL,
     http_json,
     lab_extravars,
     on_host_json,
@@ -25,9 +26,6 @@ from servefixtures import (
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-
-MODEL = DEMO["serve_model_name"]
-API = "http://127.0.0.1:10002/v1"
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from servefixtures import DEMO, lab_extravars, on_host_json, provision, stock_wheelhouse, wait_for
+from servefixtures import API, MODEL, lab_extravars, on_host_json, provision, stock_wheelhouse, wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-
-MODEL = DEMO["serve_model_name"]
-API = "http://127.0.0.1:10002/v1"
 
 
 @pytest.fixture(scope="module")

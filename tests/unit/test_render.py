@@ -144,13 +144,13 @@ def test_unknown_profile_and_engine_are_clear_errors():
 
 def test_render_command_writes_files_and_masks(tmp_path):
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["render", "demo", "--profile", "cpu-demo", "--set", "serve_api_key=k-1",
-                                  "--set", "serve_api_host=0.0.0.0", "-o", str(out)])
+    r = CliRunner().invoke(main, ["render", "demo", "--profile", "cpu-demo", "-e", "serve_api_key=k-1",
+                                  "-e", "serve_api_host=0.0.0.0", "-o", str(out)])
     assert r.exit_code == 0, r.output
     env_file = out / "etc/ktdeploy/ktdeploy-api.env"
     assert env_file.is_file() and "k-1" not in env_file.read_text()
-    bad = CliRunner().invoke(main, ["render", "demo", "--set", "oops"])
-    assert bad.exit_code == 2 and "NAME=VALUE" in bad.output
+    bad = CliRunner().invoke(main, ["render", "demo", "-e", "oops"])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
 @pytest.fixture(autouse=True)
