@@ -67,6 +67,9 @@ def stock_wheelhouse(lab, *, webui: bool) -> None:
     if webui:
         # torch pinned to this machine's CPU build: otherwise Open WebUI's deps pull a CUDA build.
         lab.wheelhouse.add([f"open-webui=={WEBUI_VERSION}", "torch==2.13.0"])
+        # Debian 12's Python is 3.11.2: redis wants async-timeout below 3.11.3, which a controller
+        # on a newer 3.11 does not download as a dependency.
+        lab.wheelhouse.add(["async-timeout>=4.0.3"])
     wheel = llamacpp_wheel()
     with file_lock(lab.wheelhouse.base / "lock"):
         if not (lab.wheelhouse.files / wheel.name).exists():
