@@ -58,18 +58,20 @@ def llamacpp_wheel() -> Path:
         return sorted(out.glob("llama_cpp_python-*.whl"))[0]
 
 
-def stock_wheelhouse(lab, *, webui: bool) -> None:
-    """Everything the cpu-demo installs, in the lab wheelhouse (the prebuilt wheel included)."""
+def stock_wheelhouse(lab, host, *, webui: bool) -> None:
+    """Everything the cpu-demo installs, in the lab wheelhouse (the prebuilt wheel included),
+    resolved for the lab host's Python (Debian 12: 3.11.2; newer releases of some dependencies
+    need 3.11.5)."""
     from ktdeploy.lab.locks import file_lock
     from ktdeploy.lab.wheelhouse import build_index
 
+    py = host.run(["python3", "-c", "import platform; print(platform.python_version())"], check=True).stdout.strip()
     lab.wheelhouse.add([f"llama-cpp-python[server]=={LLAMACPP_VERSION}", DEMO["serve_llamacpp_model_package"]])
     if webui:
         # torch pinned to this machine's CPU build: otherwise Open WebUI's deps pull a CUDA build.
-        lab.wheelhouse.add([f"open-webui=={WEBUI_VERSION}", "torch==2.13.0"])
-        # Debian 12's Python is 3.11.2: redis wants async-timeout below 3.11.3, which a controller
-        # on a newer 3.11 does not download as a dependency.
-        lab.wheelhouse.add(["async-timeout>=4.0.3"])
+        lab.wheelhouse.add([f"open-webui=={WEBUI_VERSION}", "torch==2.13.0"], python_version=py)
+        # redis wants async-timeout below Python 3.11.3 (a marker pip download does not follow).
+        lab.wheelhouse.add(["async-timeout>=4.0.3"], python_version=py)
     wheel = llamacpp_wheel()
     with file_lock(lab.wheelhouse.base / "lock"):
         if not (lab.wheelhouse.files / wheel.name).exists():

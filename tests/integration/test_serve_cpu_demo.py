@@ -30,9 +30,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def demo(lab, tmp_path_factory):
-    stock_wheelhouse(lab, webui=True)
     host = lab.up()
     try:
+        stock_wheelhouse(lab, host, webui=True)
         extravars = lab_extravars(lab, serve_webui_host="0.0.0.0")
         started = time.monotonic()
         proc, recap = provision(host, extravars, tmp_path_factory.mktemp("first"))

@@ -13,9 +13,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def bare(lab, tmp_path_factory):
-    stock_wheelhouse(lab, webui=False)
     host = lab.up(systemd=False)
     try:
+        stock_wheelhouse(lab, host, webui=False)
         extravars = lab_extravars(lab, serve_webui_enabled=False)
         proc, recap = provision(host, extravars, tmp_path_factory.mktemp("first"))
         assert proc.returncode == 0 and recap.get("failed") == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
