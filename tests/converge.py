@@ -28,6 +28,7 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
+    ansible_output: str = ""  # Ansible's own output, where the tool prints something else (ktdeploy)
 
     @property
     def output(self) -> str:
@@ -35,7 +36,7 @@ class Run:
 
     def recap(self, host: str) -> dict[str, int]:
         """The PLAY RECAP counters of host (the last recap printed)."""
-        found = [m for m in _RECAP.finditer(self.stdout) if m.group(1) == host]
+        found = [m for m in _RECAP.finditer(self.ansible_output or self.stdout) if m.group(1) == host]
         if not found:
             raise AssertionError(f"no PLAY RECAP line for {host} in:\n{self.output[-3000:]}")
         keys = ("ok", "changed", "unreachable", "failed", "skipped")
@@ -48,6 +49,8 @@ class Run:
 def role_vars(wheelhouse) -> dict:
     """Settings for base + python_env(venv) on a lab host: Python packages come from the wheelhouse."""
     return {
+        # A lab host has no GPU and a small disk: the plan's preflight would stop the play before the roles.
+        "plan_force": True,
         "python_env_backend": "venv",
         "python_env_packages": ENV_PACKAGES,
         "python_env_pip_index_url": wheelhouse.index_url,
@@ -78,3 +81,14 @@ def _run(argv: list[str], timeout: float, env: dict | None = None) -> Run:
 def ansible_playbook(inventory: Path, *args: str, timeout: float = 1200) -> Run:
     """Plain `ansible-playbook -i INVENTORY playbooks/site.yml ARGS` (the repo's ansible.cfg)."""
     return _run([_tool("ansible-playbook"), "-i", str(inventory), str(SITE), *args], timeout)
+
+
+def ktdeploy_provision(inventory: Path, *args: str, runs_dir: Path, timeout: float = 1200) -> Run:
+    """`ktdeploy provision -i INVENTORY ARGS`; Ansible's output is read back from the run record."""
+    run = _run([_tool("ktdeploy"), "provision", "-i", str(inventory), *args], timeout,
+               env={"KTDEPLOY_RUNS_DIR": str(runs_dir)})
+    record = re.search(r"^Run record: (.+)$", run.stdout, re.M)
+    stdout = Path(record.group(1).strip()) / "stdout" if record else None
+    if stdout is not None and stdout.is_file():
+        run.ansible_output = stdout.read_text()
+    return run

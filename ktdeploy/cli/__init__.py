@@ -14,9 +14,23 @@ def main() -> None:
 
 
 def _register() -> None:
-    from ktdeploy.cli import init_cmd, lab_cmd, provision_cmd, render_cmd
+    from ktdeploy.cli import (
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+        render_cmd,
+        status_cmd,
+    )
 
-    for module in (lab_cmd, provision_cmd, init_cmd, render_cmd):
+    for module in (
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+        render_cmd,
+        status_cmd,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

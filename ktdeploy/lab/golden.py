@@ -24,6 +24,7 @@ RECIPE = "3"  # bump when the build below changes: hosts then boot from a freshl
 READY = ".ktlab-golden"
 EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 BUILD_PROXY = f"http://127.0.0.1:{APT_PROXY_PORT}"
+BUILD_TIMEOUT = 1200  # seconds; a quiet machine needs about 60
 
 
 class GoldenBuildError(RuntimeError):
@@ -107,7 +108,13 @@ def _bootstrap(root: Path) -> None:
             if shutil.which("eatmydata"):
                 argv.insert(0, "eatmydata")
             env = dict(os.environ, http_proxy=BUILD_PROXY)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise GoldenBuildError(
+                f"{argv[0]} did not finish within {BUILD_TIMEOUT} s; is the apt proxy reaching the mirror? "
+                f"(its log: the lab state dir's acng/log)"
+            ) from exc
     finally:
         src_file.unlink(missing_ok=True)
     if proc.returncode != 0:

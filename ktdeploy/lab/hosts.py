@@ -81,7 +81,11 @@ def reserve(paths: LabPaths, n: int | None, owner: str | None) -> int:
         d.mkdir(parents=True)
         if owner is not None:  # a daemons.record_of() of the owning process
             (d / "owner").write_text(owner)
-        net.create_netns(n)
+        try:
+            net.create_netns(n)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
     return n
 
 

@@ -50,7 +50,10 @@ class Lab:
         for n in hosts.indexes(self.paths):
             if hosts.owner_gone(self.paths, n):
                 self.log(f"lab: taking down {host_name(n)}, left behind by a process that is gone")
-                self.down(n)
+                try:
+                    self.down(n)
+                except hosts.HostError:
+                    pass  # another process reaped it first
 
     # -- hosts ---------------------------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class Lab:
         self._stop_daemons_if_unused()
 
     def _stop_daemons_if_unused(self) -> None:
+        self._ready = False  # the lease goes: a later up() takes it again
         with file_lock(self.paths.daemons_lock):
             daemons.drop_lease(self.paths.leases)
             others = daemons.other_live_leases(self.paths.leases)
@@ -113,9 +117,12 @@ class Lab:
 
     def leftovers(self) -> list[int]:
         """Hosts this object created whose netns is still there (an index reused since is not ours)."""
+
+        def ours(n: int) -> bool:
+            return not self.paths.host_dir(n).exists() or hosts.owner_record(self.paths, n) == self._owner_record
+
         with file_lock(ALLOC_LOCK):
-            return [n for n in sorted(self.created)
-                    if net.netns_exists(n) and hosts.owner_record(self.paths, n) in (None, self._owner_record)]
+            return [n for n in sorted(self.created) if net.netns_exists(n) and ours(n)]
 
     def list(self) -> list[LabHost]:
         return [self.host(n) for n in hosts.indexes(self.paths)]

@@ -12,8 +12,10 @@ import html
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +26,36 @@ from ktdeploy.lab.paths import CONTROLLER_IP, WHEELHOUSE_PORT
 
 INDEX_URL = f"http://{CONTROLLER_IP}:{WHEELHOUSE_PORT}/simple/"
 _ARCHIVES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
+
+_FETCH_SDISTS = r"""
+import hashlib, sys
+from pathlib import Path
+from pip._internal.commands.download import DownloadCommand
+from pip._internal.req.constructors import install_req_from_line
+
+dest, wheelhouse, lines = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+cmd = DownloadCommand("download", "fetch sdists")
+opts, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", "--find-links", wheelhouse])
+with cmd.main_context():
+    session = cmd.get_default_session(opts)
+    finder = cmd._build_package_finder(opts, session)
+    for line in lines:
+        req = install_req_from_line(line).req
+        best = finder.find_best_candidate(req.name, req.specifier).best_candidate
+        if best is None:
+            sys.exit(f"no sdist matching {line} on the configured indexes")
+        link = best.link
+        if link.scheme == "file":
+            data = Path(link.file_path).read_bytes()
+        else:
+            resp = session.get(link.url_without_fragment)
+            resp.raise_for_status()
+            data = resp.content
+        if link.hash_name == "sha256" and hashlib.sha256(data).hexdigest() != link.hash:
+            sys.exit(f"{link.filename}: sha256 differs from the index's")
+        (dest / link.filename).write_bytes(data)
+        print("Saved", link.filename)
+"""
 
 
 class WheelhouseError(RuntimeError):
@@ -127,29 +159,69 @@ class Wheelhouse:
         if not requirements:
             raise ValueError("wheelhouse.add needs at least one requirement")
         key = request_key(requirements, no_deps, sdist) + (f" py{python_version}" if python_version else "")
+        known = self._recorded(key)
+        if known is not None:
+            return known
+        # Download outside the lock (a big request elsewhere must not hold this one up), then
+        # move the files in and rewrite the index under it.
+        self.files.mkdir(parents=True, exist_ok=True)
+        incoming = Path(tempfile.mkdtemp(prefix="incoming-", dir=self.base))
+        try:
+            got = self._download(requirements, no_deps, sdist, incoming, python_version)
+            with file_lock(self.base / "lock"):
+                for f in incoming.iterdir():
+                    if not (self.files / f.name).exists():
+                        os.replace(f, self.files / f.name)
+                build_index(self.files, self.simple)
+                records = self._records()
+                records[key] = got
+                _write(self.records, json.dumps(records, indent=1, sort_keys=True))
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        return got
+
+    def _records(self) -> dict:
+        return json.loads(self.records.read_text()) if self.records.exists() else {}
+
+    def _recorded(self, key: str) -> list[str] | None:
         with file_lock(self.base / "lock"):
-            records = json.loads(self.records.read_text()) if self.records.exists() else {}
-            known = records.get(key)
-            if known and all((self.files / f).exists() for f in known):
-                return known
-            self.files.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--dest", str(self.files)]
-            if no_deps:
-                argv.append("--no-deps")
-            if sdist:
-                argv += ["--no-binary", ":all:"]
-            if python_version:  # resolve for the lab hosts' Python (wheels only, as pip requires)
-                argv += ["--python-version", python_version, "--only-binary", ":all:"]
-            proc = subprocess.run([*argv, *requirements], capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-                raise WheelhouseError(f"pip download {' '.join(requirements)} failed:\n{tail}")
-            names = sorted(set(re.findall(r"(?:Saved|File was already downloaded) (\S+)", proc.stdout)))
-            got = [Path(n).name for n in names]
-            build_index(self.files, self.simple)
-            records[key] = got
-            _write(self.records, json.dumps(records, indent=1, sort_keys=True))
-            return got
+            known = self._records().get(key)
+        if known and all((self.files / f).exists() for f in known):
+            return known
+        return None
+
+    def _download(self, requirements: list[str], no_deps: bool, sdist: bool, dest: Path,
+                  python_version: str | None = None) -> list[str]:
+        """The controller's own `pip download` (its pip config picks the index); files already in
+        the wheelhouse are reused through --find-links."""
+        if sdist and no_deps:
+            return self._fetch_sdists(requirements, dest)
+        argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+                "--dest", str(dest), "--find-links", str(self.files)]
+        if no_deps:
+            argv.append("--no-deps")
+        if sdist:
+            argv += ["--no-binary", ":all:"]
+        if python_version:  # resolve for the lab hosts' Python (wheels only, as pip requires)
+            argv += ["--python-version", python_version, "--only-binary", ":all:"]
+        proc = subprocess.run([*argv, *requirements], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise WheelhouseError(f"pip download {' '.join(requirements)} failed:\n{tail}")
+        names = re.findall(r"(?:Saved|File was already downloaded) (\S+)", proc.stdout)
+        return sorted({Path(n).name for n in names})
+
+    def _fetch_sdists(self, requirements: list[str], dest: Path) -> list[str]:
+        """Sdists fetched as files: `pip download` builds an sdist's metadata first, which runs its
+        setup.py (KTransformers' imports torch and calls nvcc). pip's own finder and session pick
+        the file, so the pip configuration still decides where from; the index's sha256 is checked."""
+        proc = subprocess.run([sys.executable, "-c", _FETCH_SDISTS, str(dest), str(self.files), *requirements],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise WheelhouseError(f"fetching the sdists {' '.join(requirements)} failed:\n{tail}")
+        return sorted(set(re.findall(r"^Saved (\S+)$", proc.stdout, flags=re.M)))
+
 
     # -- the HTTP server -------------------------------------------------------------------------
 

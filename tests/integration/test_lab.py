@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
+import urllib.parse
 
 import pytest
 
-from ktdeploy.lab import CONTROLLER_IP, hosts, net
+from ktdeploy.lab import CONTROLLER_IP, golden, hosts, net
 from ktdeploy.lab.locks import file_lock
 from ktdeploy.lab.paths import ALLOC_LOCK, netns_name, veth_names
 
@@ -74,11 +77,19 @@ def test_apt_and_pip_go_through_the_controller(lab, lab_host):
 
 
 def test_reboot_comes_back_with_state_kept(lab_host):
-    lab_host.run("echo kept > /root/marker", check=True)
-    before = lab_host.boot_id()
+    from ktdeploy.resources import ansible_bin
+
+    lab_host.run("echo kept > /etc/lab-marker", check=True)
+    first = lab_host.boot_id()
     lab_host.reboot()
-    assert lab_host.boot_id() != before
-    assert lab_host.run("cat /root/marker").stdout.strip() == "kept"
+    second = lab_host.boot_id()
+    assert second != first
+    # what roles use: ansible.builtin.reboot waits for the host to come back by itself
+    r = subprocess.run([ansible_bin("ansible"), "all", "-i", str(lab_host.inventory_path()), "-m", "ansible.builtin.reboot"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and '"rebooted": true' in r.stdout, r.stdout + r.stderr
+    assert lab_host.boot_id() not in (first, second)
+    assert lab_host.run("cat /etc/lab-marker").stdout.strip() == "kept"
     assert _system_state(lab_host) == "running"
 
 
@@ -122,4 +133,61 @@ def test_down_leaves_no_mount_netns_or_process(lab):
         assert net.ip("link", "show", veth_names(host.index)[0], check=False).returncode != 0
         assert hosts.group_members(pgid) == []
         assert host.name not in lab.inventory_path().read_text()
-        assert netns_name(host.index) not in net.ip("netns", "list").stdout
+        assert netns_name(host.index) not in net.ip("netns", "list").stdout.split()
+
+
+def test_wheelhouse_serves_wheels_and_sdists_on_both_addresses(lab):
+    import hashlib
+    import urllib.request
+
+    got = lab.wheelhouse.add(["six==1.16.0"], no_deps=True, sdist=True)
+    assert got == ["six-1.16.0.tar.gz"]
+    lab.wheelhouse.add(["six==1.16.0"], no_deps=True)
+    for host in ("127.0.0.1", CONTROLLER_IP):
+        page = urllib.request.urlopen(f"http://{host}:3141/simple/six/", timeout=5).read().decode()
+        links = dict(re.findall(r'href="([^"#]+)#sha256=([0-9a-f]{64})"', page))
+        names = {url.rsplit("/", 1)[1] for url in links}
+        assert {"six-1.16.0.tar.gz", "six-1.16.0-py2.py3-none-any.whl"} <= names
+    url, digest = next((u, d) for u, d in links.items() if u.endswith(".tar.gz"))
+    body = urllib.request.urlopen(urllib.parse.urljoin(f"http://{CONTROLLER_IP}:3141/simple/six/", url), timeout=5).read()
+    assert hashlib.sha256(body).hexdigest() == digest
+
+
+def test_hosts_left_by_a_dead_process_are_reaped(lab):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    n = hosts.reserve(lab.paths, None, owner=f"{dead.stdout.strip()} 1")
+    try:
+        hosts.boot(lab.paths, n, golden.current(lab.paths))
+        assert hosts.owner_gone(lab.paths, n)
+        lab.ensure_ready()
+        assert not lab.paths.host_dir(n).exists()
+    finally:
+        if lab.paths.host_dir(n).exists():
+            lab.down(n)
+
+
+RESERVE = """
+import sys
+from ktdeploy.lab import hosts
+from ktdeploy.lab.paths import LabPaths
+print(hosts.reserve(LabPaths.default(), None, owner=sys.argv[1]))
+"""
+
+
+def test_parallel_reservations_get_distinct_indexes(lab):
+    from ktdeploy.lab import daemons
+
+    owner = daemons.record_of(os.getpid())
+    procs = [subprocess.Popen([sys.executable, "-c", RESERVE, owner], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    got = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=60)
+            if p.returncode == 0:
+                got.append(int(out))
+        assert len(got) == 4 and len(set(got)) == 4, got
+        assert all(net.netns_exists(n) for n in got)
+    finally:
+        for n in got:
+            hosts.shutdown(lab.paths, n)

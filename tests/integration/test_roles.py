@@ -16,11 +16,20 @@ import pytest
 import testinfra
 import yaml
 
-from converge import ENV_IMPORTS, ENV_PACKAGES, REPO, Run, ansible_playbook, role_vars, write_inventory
+from converge import (
+    ENV_IMPORTS,
+    ENV_PACKAGES,
+    REPO,
+    Run,
+    ansible_playbook,
+    ktdeploy_provision,
+    role_vars,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.lab
 
-TOOLS = ["ansible-playbook"]
+TOOLS = ["ansible-playbook", "ktdeploy"]
 USER = "ktdeploy"
 DATA = "/srv/ktdeploy"
 ENV = f"{DATA}/venv-env"
@@ -45,13 +54,17 @@ class Converged:
         return ansible_playbook(self.inventory, *extra, *args)
 
 
-def _converge(lab, tool: str, workdir) -> Converged:
+def _converge(lab, tool: str, workdir, made: dict) -> Converged:
     host = lab.up()
-    conv = Converged(host, write_inventory(host, workdir / "inventory.yml", role_vars(lab.wheelhouse)))
-    run = {"ansible-playbook": lambda *a: ansible_playbook(conv.inventory, *a)}[tool]
-    conv.runs.append(run("--flush-cache"))
-    if conv.runs[0].rc == 0:
-        conv.runs.append(run())
+    made[tool] = conv = Converged(host, write_inventory(host, workdir / "inventory.yml", role_vars(lab.wheelhouse)))
+    if tool == "ansible-playbook":
+        conv.runs.append(ansible_playbook(conv.inventory, "--flush-cache"))
+        if conv.runs[0].rc == 0:
+            conv.runs.append(ansible_playbook(conv.inventory))
+    else:
+        conv.runs.append(ktdeploy_provision(conv.inventory, runs_dir=workdir / "runs"))
+        if conv.runs[0].rc == 0:
+            conv.runs.append(ktdeploy_provision(conv.inventory, runs_dir=workdir / "runs"))
     return conv
 
 
@@ -62,8 +75,8 @@ def converge(lab, tmp_path_factory):
 
     def get(tool: str) -> Converged:
         if tool not in made:
-            made[tool] = None  # reserved: a host that failed to come up is not retried per test
-            made[tool] = _converge(lab, tool, tmp_path_factory.mktemp(tool.replace("-", "")))
+            made[tool] = None  # a host that fails to come up is not retried by every test
+            _converge(lab, tool, tmp_path_factory.mktemp(tool.replace("-", "")), made)
         if made[tool] is None:
             pytest.fail(f"converging with {tool} failed before a host was ready")
         return made[tool]
@@ -238,3 +251,12 @@ def test_check_mode_on_a_fresh_host_changes_nothing(lab_host, lab, tmp_path):
     assert "Would refresh the apt index and install:" in run.stdout
     assert lab_host.run(SNAPSHOT, check=True).stdout == before
     assert lab_host.run(f"getent passwd {USER}").returncode == 2
+
+
+def test_python_env_without_base_fails_before_changing_anything(lab_host, lab, tmp_path):
+    inventory = write_inventory(lab_host, tmp_path / "inventory.yml", role_vars(lab.wheelhouse))
+    before = lab_host.run(SNAPSHOT, check=True).stdout
+    run = ansible_playbook(inventory, "--tags", "python_env", "--flush-cache")
+    assert run.rc != 0
+    assert f"The service user {USER} does not exist" in run.stdout and "base role first" in run.stdout, run.explain()
+    assert lab_host.run(SNAPSHOT, check=True).stdout == before

@@ -51,3 +51,56 @@ def test_leases_of_dead_processes_are_dropped(tmp_path):
     assert not (leases / str(child.pid)).exists()
     daemons.drop_lease(leases)
     assert list(leases.iterdir()) == []
+
+
+class _Daemon:
+    def __init__(self):
+        self.stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+def _lab_with_fake_daemons(tmp_path, monkeypatch):
+    from ktdeploy.lab import Lab, net
+
+    lab = Lab(state_dir=tmp_path)
+    lab.proxy, lab.wheelhouse = _Daemon(), _Daemon()
+    removed = []
+    monkeypatch.setattr(net, "remove_controller_ip", lambda: removed.append(True))
+    daemons.take_lease(lab.paths.leases)
+    return lab, removed
+
+
+def test_last_user_out_stops_the_daemons_and_removes_the_address_it_added(tmp_path, monkeypatch):
+    lab, removed = _lab_with_fake_daemons(tmp_path, monkeypatch)
+    lab.paths.lo_address_marker.write_text("")
+    assert lab.down_all() == []
+    assert lab.proxy.stopped and lab.wheelhouse.stopped and removed == [True]
+    assert not lab.paths.lo_address_marker.exists()
+    assert list(lab.paths.leases.iterdir()) == []
+
+
+def test_daemons_stay_while_another_process_uses_the_lab(tmp_path, monkeypatch):
+    lab, removed = _lab_with_fake_daemons(tmp_path, monkeypatch)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (lab.paths.leases / str(other.pid)).write_text(daemons.record_of(other.pid))
+        lab.close()
+        assert not lab.proxy.stopped and not lab.wheelhouse.stopped and removed == []
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_daemons_stay_while_a_host_is_up(tmp_path, monkeypatch):
+    lab, removed = _lab_with_fake_daemons(tmp_path, monkeypatch)
+    lab.paths.host_dir(5).mkdir(parents=True)  # a kept host (`ktdeploy lab up`) of this state dir
+    lab.close()
+    assert not lab.proxy.stopped and removed == []
+
+
+def test_without_the_marker_the_address_is_left_alone(tmp_path, monkeypatch):
+    lab, removed = _lab_with_fake_daemons(tmp_path, monkeypatch)
+    lab.close()
+    assert lab.proxy.stopped and removed == []

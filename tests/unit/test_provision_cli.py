@@ -112,7 +112,7 @@ def test_refused_ssh_exits_3_with_one_line_and_runs_nothing_else(runs_dir):
 def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host):
     inv = tmp_path / "hosts.yml"
     inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
-    result = run("-i", str(inv), "--plain", "--check")
+    result = run("-i", str(inv), "--plain", "--check", "--only", "plan", "-e", "plan_force=true")
     assert result.exit_code == 0, result.output
     assert "PLAY Provision ktdeploy hosts" in result.output and "Recap" in result.output
     site_run = next(p for p in runs_dir.iterdir() if "-site-" in p.name)

@@ -53,7 +53,8 @@ def test_secret_extravar_reaches_the_host_but_not_the_run_record(tmp_path, runs_
 def test_provision_keeps_e_values_out_of_output_and_records(tmp_path, runs_dir, local_host):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
-    result = CliRunner().invoke(main, ["provision", "-i", str(inventory), "--plain", "-e", f"hf_token={SENTINEL}"])
+    result = CliRunner().invoke(main, ["provision", "-i", str(inventory), "--plain", "--only", "plan", "-e", "plan_force=true",
+                                         "-e", f"hf_token={SENTINEL}"])
     assert result.exit_code == 0, result.output
     assert "Run record:" in result.output
     assert SENTINEL not in result.output
