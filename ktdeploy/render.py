@@ -134,6 +134,8 @@ def host_vars(hostname: str, overrides: dict) -> LazyVars:
             "playbook_dir": str(resources.playbooks_dir()),
             "ansible_facts": {},
             "ansible_check_mode": False,
+            # No host facts here: the serve defaults fall back to their values without a plan.
+            "ktdeploy_plan": {"serve": {}, "build": {}},
         }
     )
     raw.update(overrides)
