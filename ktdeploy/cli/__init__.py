@@ -19,6 +19,7 @@ def _register() -> None:
         lab_cmd,
         plan_cmd,
         provision_cmd,
+        render_cmd,
         status_cmd,
     )
 
@@ -27,6 +28,7 @@ def _register() -> None:
         lab_cmd,
         plan_cmd,
         provision_cmd,
+        render_cmd,
         status_cmd,
     ):
         for command in module.COMMANDS:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import click
 import yaml
 
-from ktdeploy import connect, engine
+from ktdeploy import connect, engine, profiles
 from ktdeploy.display import make_display
 from ktdeploy.errors import BadInput, Unreachable
 from ktdeploy.resources import playbooks_dir
@@ -65,7 +65,7 @@ def _extravars(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-def build_request(hosts, inventory, limit, only, skip, extra, check) -> ProvisionRequest:
+def build_request(hosts, inventory, limit, only, skip, extra, check, profile=None) -> ProvisionRequest:
     if hosts and inventory:
         raise BadInput("give hosts or -i INVENTORY, not both",
                        hint="to pick hosts from an inventory, use -i INVENTORY --limit HOST,...")
@@ -88,7 +88,7 @@ def build_request(hosts, inventory, limit, only, skip, extra, check) -> Provisio
     return ProvisionRequest(
         targets=targets, inventory=inv, limit=wanted,
         tags=_role_tags(only, "--only"), skip_tags=_role_tags(skip, "--skip"),
-        extravars=_extravars(extra), check=check,
+        extravars={**(profiles.load(profile) if profile else {}), **_extravars(extra)}, check=check,
     )
 
 
@@ -118,14 +118,16 @@ def check_connections(request: ProvisionRequest) -> None:
 @click.option("--skip", multiple=True, metavar="ROLE,...", help="Skip these roles.")
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE",
               help="Set a variable (repeatable); kept out of the run records.")
+@click.option("--profile", metavar="NAME",
+              help="Apply a named set of settings (ktdeploy/profiles/NAME.yml), e.g. cpu-demo; -e wins over it.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of the live display.")
-def provision(hosts, inventory, limit, check, only, skip, extra, plain):
+def provision(hosts, inventory, limit, check, only, skip, extra, profile, plain):
     """Converge HOST... (HOST, USER@HOST, USER@HOST:PORT) or the hosts of -i INVENTORY.
 
     First checks that every host answers over SSH and can use sudo; then runs playbooks/site.yml.
     Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 a host unreachable or without sudo.
     """
-    request = build_request(hosts, inventory, limit, only, skip, extra, check)
+    request = build_request(hosts, inventory, limit, only, skip, extra, check, profile)
     check_connections(request)
     preflight(request)
     display = make_display(plain=plain)

@@ -13,19 +13,24 @@ import sys
 REBOOT = 133
 
 
-def nspawn_argv(root: str, name: str, netns_path: str) -> list[str]:
+# A host without an init system, like a container GPU platform: sshd is the main process.
+NO_INIT = ["/bin/sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"]
+
+
+def nspawn_argv(root: str, name: str, netns_path: str, systemd: bool = True) -> list[str]:
     return [
-        "systemd-nspawn", "--boot", f"--directory={root}", f"--machine={name}",
+        "systemd-nspawn", "--boot" if systemd else "--as-pid2", f"--directory={root}", f"--machine={name}",
         # no machined/D-Bus on the controller: without these nspawn fails to start
         "--register=no", "--keep-unit",
         "--console=passive", f"--network-namespace-path={netns_path}",
-    ]
+    ] + ([] if systemd else NO_INIT)
 
 
 def main(argv: list[str]) -> int:
-    root, name, netns_path = argv
+    root, name, netns_path = argv[:3]
+    systemd = argv[3:] != ["--no-systemd"]
     while True:
-        rc = subprocess.call(nspawn_argv(root, name, netns_path))
+        rc = subprocess.call(nspawn_argv(root, name, netns_path, systemd))
         if rc != REBOOT:
             return rc
         print(f"bootloop: {name} rebooted, starting it again", flush=True)

@@ -89,8 +89,11 @@ def reserve(paths: LabPaths, n: int | None, owner: str | None) -> int:
     return n
 
 
-def boot(paths: LabPaths, n: int, golden: Path, timeout: float = BOOT_TIMEOUT) -> None:
-    """Wire, mount and boot reserved host n; returns once ssh answers and systemd finished booting."""
+def boot(paths: LabPaths, n: int, golden: Path, timeout: float = BOOT_TIMEOUT, systemd: bool = True) -> None:
+    """Wire, mount and boot reserved host n; returns once ssh answers and systemd finished booting.
+
+    systemd=False starts sshd as the container's main process instead: a host with no init system.
+    """
     d = paths.host_dir(n)
     net.wire_netns(n)
     for sub in ("upper", "work", "root"):
@@ -105,13 +108,15 @@ def boot(paths: LabPaths, n: int, golden: Path, timeout: float = BOOT_TIMEOUT) -
     (d / "root/etc/hostname").write_text(f"{name}\n")
     (d / "root/etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {name}\n")
     argv = [sys.executable, "-m", "ktdeploy.lab.bootloop", str(d / "root"), name, str(NETNS_DIR / netns_name(n))]
+    if not systemd:
+        argv.append("--no-systemd")
     with open(d / "nspawn.log", "ab") as log, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=log, start_new_session=True)
     (d / "pid").write_text(daemons.record_of(proc.pid))
-    _wait_ready(paths, n, proc, timeout)
+    _wait_ready(paths, n, proc, timeout, systemd)
 
 
-def _wait_ready(paths: LabPaths, n: int, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_ready(paths: LabPaths, n: int, proc: subprocess.Popen, timeout: float, systemd: bool = True) -> None:
     addr = host_address(n)
     deadline = time.monotonic() + timeout
     last = ""
@@ -120,13 +125,13 @@ def _wait_ready(paths: LabPaths, n: int, proc: subprocess.Popen, timeout: float)
             raise HostError(f"lab host {n} stopped while booting (exit {proc.returncode}):\n{log_tail(paths, n)}")
         if net.port_open(addr, 22, timeout=0.5):
             left = max(5, int(deadline - time.monotonic()))
+            probe = ["timeout", str(left), "systemctl", "is-system-running", "--wait"] if systemd else ["true"]
             try:
-                r = ssh.run(paths.key, addr, ["timeout", str(left), "systemctl", "is-system-running", "--wait"],
-                            timeout=left + 10)
+                r = ssh.run(paths.key, addr, probe, timeout=left + 10)
             except subprocess.TimeoutExpired:
                 break
             state = r.stdout.strip()
-            if state in ("running", "degraded"):
+            if state in ("running", "degraded") or (not systemd and r.returncode == 0):
                 return
             if r.returncode == 255:  # ssh itself failed: sshd not ready yet
                 last = r.stderr.strip()

@@ -57,8 +57,10 @@ class Lab:
 
     # -- hosts ---------------------------------------------------------------------------------------
 
-    def up(self, n: int | None = None, *, keep: bool = False) -> LabHost:
+    def up(self, n: int | None = None, *, keep: bool = False, systemd: bool = True) -> LabHost:
         """Boot a fresh host (index n, or the lowest free one); returns when ssh and systemd are up.
+
+        systemd=False: no init system at all, sshd is the main process (container platforms).
 
         The host belongs to this process (taken down by close(), or by the next ensure_ready()
         after this process died) unless keep=True (stays until `down`).
@@ -70,7 +72,7 @@ class Lab:
         self.made.add(n)
         self.created.add(n)
         try:
-            hosts.boot(self.paths, n, gold)
+            hosts.boot(self.paths, n, gold, systemd=systemd)
         except BaseException:
             self.down(n)
             raise

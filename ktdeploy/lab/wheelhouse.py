@@ -148,15 +148,17 @@ class Wheelhouse:
         """pip options that make a lab host install from this wheelhouse only."""
         return ["--index-url", self.index_url, "--trusted-host", self.trusted_host]
 
-    def add(self, requirements: list[str], *, no_deps: bool = False, sdist: bool = False) -> list[str]:
+    def add(self, requirements: list[str], *, no_deps: bool = False, sdist: bool = False,
+            python_version: str | None = None) -> list[str]:
         """Download requirements (and their dependencies unless no_deps) into the wheelhouse.
 
-        sdist=True fetches source distributions only. A request already fulfilled is not
+        sdist=True fetches source distributions only. python_version (e.g. the lab hosts' 3.11.2)
+        resolves for that Python instead of the controller's, wheels only. A request already fulfilled is not
         downloaded again. Returns the file names the request resolved to.
         """
         if not requirements:
             raise ValueError("wheelhouse.add needs at least one requirement")
-        key = request_key(requirements, no_deps, sdist)
+        key = request_key(requirements, no_deps, sdist) + (f" py{python_version}" if python_version else "")
         known = self._recorded(key)
         if known is not None:
             return known
@@ -165,7 +167,7 @@ class Wheelhouse:
         self.files.mkdir(parents=True, exist_ok=True)
         incoming = Path(tempfile.mkdtemp(prefix="incoming-", dir=self.base))
         try:
-            got = self._download(requirements, no_deps, sdist, incoming)
+            got = self._download(requirements, no_deps, sdist, incoming, python_version)
             with file_lock(self.base / "lock"):
                 for f in incoming.iterdir():
                     if not (self.files / f.name).exists():
@@ -188,7 +190,8 @@ class Wheelhouse:
             return known
         return None
 
-    def _download(self, requirements: list[str], no_deps: bool, sdist: bool, dest: Path) -> list[str]:
+    def _download(self, requirements: list[str], no_deps: bool, sdist: bool, dest: Path,
+                  python_version: str | None = None) -> list[str]:
         """The controller's own `pip download` (its pip config picks the index); files already in
         the wheelhouse are reused through --find-links."""
         if sdist and no_deps:
@@ -199,6 +202,8 @@ class Wheelhouse:
             argv.append("--no-deps")
         if sdist:
             argv += ["--no-binary", ":all:"]
+        if python_version:  # resolve for the lab hosts' Python (wheels only, as pip requires)
+            argv += ["--python-version", python_version, "--only-binary", ":all:"]
         proc = subprocess.run([*argv, *requirements], capture_output=True, text=True)
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-8:])

@@ -175,6 +175,12 @@ def test_nspawn_runs_without_machined():
     assert {"--register=no", "--keep-unit", "--boot", "--network-namespace-path=/run/netns/ktlab1"} <= set(argv)
 
 
+def test_nspawn_without_systemd_runs_sshd_as_the_main_process():
+    argv = nspawn_argv("/r", "lab1", "/run/netns/ktlab1", systemd=False)
+    assert "--boot" not in argv and "--as-pid2" in argv
+    assert argv[-1].endswith("exec /usr/sbin/sshd -D -e")
+
+
 def test_requirements_name_what_is_missing(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     real = shutil.which

@@ -52,6 +52,7 @@ def test_role_tags_are_read_from_site_yml(site_tags):
     (["a", "--only", "base,gpu"], "--only: unknown role(s) gpu"),
     (["a", "--skip", "nope"], "--skip: unknown role(s) nope"),
     (["a", "-e", "novalue"], "-e 'novalue' is not KEY=VALUE"),
+    (["a", "--profile", "gpu-turbo"], "unknown profile 'gpu-turbo'"),
 ])
 def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine_calls):
     result = run(*args)
@@ -117,3 +118,10 @@ def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host
     site_run = next(p for p in runs_dir.iterdir() if "-site-" in p.name)
     assert f"Run record: {site_run}" in result.output
     assert "--check" in (site_run / "command").read_text()
+
+
+def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
+    request = provision_cmd.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
+    assert request.extravars["serve_engine"] == "llamacpp"
+    assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
+    assert request.extravars["serve_api_port"] == "9000"

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted((REPO / "playbooks").glob("*.yml"))
 ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").is_file())
 # Roles a site.yml play applies (stage_record is included by the others, not applied on its own).
-SITE_ROLES = ["base", "python_env", "cuda", "torch", "ktransformers"]
+SITE_ROLES = ["base", "python_env", "cuda", "torch", "ktransformers", "serve"]
 
 
 def _env() -> dict:
