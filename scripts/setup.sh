@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # The lab: mmdebstrap+eatmydata build the golden rootfs (debootstrap is the fallback),
 # systemd-container boots hosts, apt-cacher-ng is their apt proxy.
 PACKAGES=(mmdebstrap eatmydata debootstrap systemd-container apt-cacher-ng
-          iproute2 openssh-client python3-venv)
+          iproute2 openssh-client python3-venv
+          tmux screen            # download jobs run detached in tmux (screen as fallback)
+          chromium chromium-driver)  # the cpu-demo test logs in to Open WebUI in a real browser
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh: run as root (it installs Debian packages: ${PACKAGES[*]})" >&2
