@@ -6,8 +6,10 @@ host, hosts in parallel, each host's success or failure kept apart.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -66,10 +68,17 @@ def _accept_policy():
 def run_script(
     target: Target, script: str, *, sudo: bool = False, timeout: float = 60, connect_timeout: float = 10
 ) -> tuple[int, str, str]:
-    """Run a shell script on the target in one round trip; returns (rc, stdout, stderr)."""
+    """Run a shell script on the target in one round trip; returns (rc, stdout, stderr).
+
+    A target with `ansible_connection=local` is this machine: the script runs here, as Ansible would.
+    """
+    local = target.hostvars.get("ansible_connection") == "local"
     cmd = "bash -c " + shlex.quote(script)
-    if sudo:
+    if sudo and not (local and os.geteuid() == 0):
         cmd = "sudo -n " + cmd
+    if local:
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return r.returncode, r.stdout, r.stderr
     with connection(target, connect_timeout=connect_timeout) as conn:
         r = conn.run(cmd, timeout=timeout, in_stream=False)
         return r.exited, r.stdout, r.stderr

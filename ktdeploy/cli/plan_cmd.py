@@ -7,6 +7,7 @@ the same preflight and raises before anything is changed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,15 +67,22 @@ def _add_gguf_findings(plan: Plan, headers: dict, gguf_dir: str) -> None:
     )
 
 
-def preflight_or_raise(targets: list[Target], options: PlanOptions | None = None, *, force: bool = False) -> dict[str, Plan]:
+def preflight_or_raise(
+    targets: list[Target],
+    options: PlanOptions | Callable[[Target], PlanOptions] | None = None,
+    *,
+    force: bool | Callable[[Target], bool] = False,
+) -> dict[str, Plan]:
     """Plan every target; raise before anything is changed when a host cannot be planned.
 
     Raises Unreachable (exit 3) when a host cannot be reached, KtdeployError (exit 1) when the facts
     cannot be gathered, PlanProblem (exit 4) when a plan has problems and force is False. Returns
     {target name: Plan} otherwise (with force, plans that have problems are returned too).
+    options and force may be given per target, as functions of the target (e.g. from its hostvars).
     """
-    options = options or PlanOptions()
-    results = remote.on_hosts(targets, lambda t: plan_host(t, options))
+    options_of = options if callable(options) else (lambda _t, o=options or PlanOptions(): o)
+    forced = force if callable(force) else (lambda _t, f=force: f)
+    results = remote.on_hosts(targets, lambda t: plan_host(t, options_of(t)))
     down = [r for r in results if r.unreachable]
     if down:
         raise Unreachable("; ".join(f"{r.target.name}: {r.error}" for r in down))
@@ -82,8 +90,8 @@ def preflight_or_raise(targets: list[Target], options: PlanOptions | None = None
     if failed:
         raise KtdeployError("; ".join(f"{r.target.name}: {r.error}" for r in failed))
     plans = {r.target.name: r.value for r in results}
-    bad = {name: p for name, p in plans.items() if p.problems}
-    if bad and not force:
+    bad = {r.target.name: r.value for r in results if r.value.problems and not forced(r.target)}
+    if bad:
         lines = [f"{name}: {pr.message}" for name, p in bad.items() for pr in p.problems]
         raise PlanProblem(
             "preflight found problems; nothing was changed:\n  " + "\n  ".join(lines),

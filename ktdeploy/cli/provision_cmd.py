@@ -12,6 +12,8 @@ from ktdeploy import connect, engine, profiles
 from ktdeploy.display import make_display
 from ktdeploy.errors import BadInput, Unreachable
 from ktdeploy.resources import playbooks_dir
+from ktdeploy.cli.plan_cmd import PlanOptions, preflight_or_raise
+from ktdeploy.plan import DEFAULT_MODEL_DIR
 from ktdeploy.targets import Target, inventory_from_targets, parse_targets, targets_from_inventory
 
 
@@ -92,11 +94,46 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
     )
 
 
-def preflight(request: ProvisionRequest) -> None:
-    """Seam for the hardware plan check (raises PlanProblem, exit 4) before anything changes.
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
-    Called after the connection check and before site.yml; it checks nothing yet.
+
+def _settings(request: ProvisionRequest, target: Target) -> dict:
+    """The variables the play will see for this host: its inventory vars, then profile and -e."""
+    return {**target.hostvars, **request.extravars}
+
+
+def plan_options(request: ProvisionRequest, target: Target) -> PlanOptions:
+    """The plan role's variables (roles/plan/defaults/main.yml) as preflight options."""
+    s = _settings(request, target)
+    return PlanOptions(
+        variant=s.get("plan_model_variant") or None,
+        engine=s.get("plan_engine") or "ktransformers",
+        kt_version=s.get("plan_kt_version") or None,
+        port=int(s["plan_port"]) if s.get("plan_port") else None,
+        model_dir=s.get("plan_model_dir") or s.get("base_model_dir") or DEFAULT_MODEL_DIR,
+    )
+
+
+def preflight(request: ProvisionRequest, force: bool = False) -> None:
+    """Plan every host from its live facts; stop before anything changes when a plan cannot work.
+
+    Raises PlanProblem (exit 4) unless forced (--force, or plan_force for that host). The plan role
+    at the head of site.yml makes the same plan again on the host, from the same module.
     """
+    click.echo(f"Planning {len(request.targets)} host(s) from their hardware...", err=True)
+    plans = preflight_or_raise(
+        request.targets,
+        lambda t: plan_options(request, t),
+        force=lambda t: force or _truthy(_settings(request, t).get("plan_force", False)),
+    )
+    for name, plan in plans.items():
+        for finding in plan.problems:
+            click.echo(f"{name}: problem (forced past): {finding.message}", err=True)
+        for finding in plan.warnings:
+            click.echo(f"{name}: warning: {finding.message}", err=True)
+    if force:
+        request.extravars["plan_force"] = True
 
 
 def check_connections(request: ProvisionRequest) -> None:
@@ -120,16 +157,19 @@ def check_connections(request: ProvisionRequest) -> None:
               help="Set a variable (repeatable); kept out of the run records.")
 @click.option("--profile", metavar="NAME",
               help="Apply a named set of settings (ktdeploy/profiles/NAME.yml), e.g. cpu-demo; -e wins over it.")
+@click.option("--force", is_flag=True, help="Go on although preflight finds problems with the plan.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of the live display.")
-def provision(hosts, inventory, limit, check, only, skip, extra, profile, plain):
+def provision(hosts, inventory, limit, check, only, skip, extra, profile, force, plain):
     """Converge HOST... (HOST, USER@HOST, USER@HOST:PORT) or the hosts of -i INVENTORY.
 
-    First checks that every host answers over SSH and can use sudo; then runs playbooks/site.yml.
-    Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 a host unreachable or without sudo.
+    First checks that every host answers over SSH and can use sudo, then plans each host from its
+    hardware (`ktdeploy preflight`); then runs playbooks/site.yml.
+    Exit codes: 0 ok, 1 a task failed, 2 bad input, 3 a host unreachable or without sudo,
+    4 the plan has problems (nothing changed; --force goes on).
     """
     request = build_request(hosts, inventory, limit, only, skip, extra, check, profile)
     check_connections(request)
-    preflight(request)
+    preflight(request, force)
     display = make_display(plain=plain)
     try:
         result = engine.run_playbook(

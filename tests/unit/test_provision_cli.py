@@ -32,6 +32,7 @@ def engine_calls(monkeypatch):
     """Fails the test if bad input let anything reach Ansible."""
     calls = []
     monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(provision_cmd, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
     monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda *a, **k: calls.append(a))
     return calls
 
@@ -125,3 +126,26 @@ def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
     assert request.extravars["serve_engine"] == "llamacpp"
     assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
     assert request.extravars["serve_api_port"] == "9000"
+
+
+def test_plan_problems_stop_before_anything_changes(tmp_path, runs_dir, local_host):
+    """This machine has no NVIDIA GPU: the live preflight refuses (exit 4) and site.yml never runs."""
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
+    result = run("-i", str(inv), "--plain")
+    assert result.exit_code == 4, result.output
+    assert "here: the KTransformers engine needs an NVIDIA GPU" in result.output
+    assert "--force" in result.output
+    assert not any("-site-" in p.name for p in runs_dir.iterdir())
+
+
+def test_force_goes_on_and_tells_the_play(tmp_path, runs_dir, local_host, monkeypatch):
+    captured = {}
+    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: [])
+    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw) or stop())
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
+    result = run("-i", str(inv), "--plain", "--force")
+    assert result.exit_code == 99, result.output
+    assert "problem (forced past)" in result.output
+    assert captured["extravars"]["plan_force"] is True
