@@ -156,8 +156,9 @@ class FakeHub:
             self.requests.clear()
 
     def bytes_sent(self, file: str | None = None) -> int:
+        """Body bytes sent for one file, or for all files (listings and indexes not counted)."""
         with self._lock:
-            return sum(r.sent for r in self.requests if file is None or r.file == file)
+            return sum(r.sent for r in self.requests if r.file and (file is None or r.file == file))
 
     def file_requests(self, file: str | None = None) -> list[Served]:
         with self._lock:
