@@ -69,11 +69,15 @@ def job_digest(job: dict) -> str:
     return hashlib.sha256(json.dumps({k: job.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
+STATE_LOCK = threading.RLock()  # the runner's threads (sampler, fetchers) share state.json
+
+
 def update_state(job_dir: Path, **changes) -> dict:
-    state = ds.read_json(job_dir / "state.json", {}) or {}
-    state.update(changes)
-    ds.write_json(job_dir / "state.json", state)
-    return state
+    with STATE_LOCK:
+        state = ds.read_json(job_dir / "state.json", {}) or {}
+        state.update(changes)
+        ds.write_json(job_dir / "state.json", state)
+        return state
 
 
 # -- listings ----------------------------------------------------------------------------------
@@ -284,23 +288,32 @@ def client_command(job: dict, todo: list[dict]) -> list[str]:
 def fetch_mirror(job_dir: Path, job: dict, todo: list[dict], log) -> None:
     """Resumable fetch into ``<path>.incomplete``; renamed to the final path only when sha256 matches.
 
-    The digest is computed while streaming, so each file is recorded as verified right away.
+    Files are fetched ``max_workers`` at a time. The digest is computed while streaming, so each
+    file is recorded as verified right away.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     local = _mirror_local(job)
     dest = Path(job["dest"])
-    for f in todo:
+    def one(f: dict) -> None:
         for attempt in range(1, 4):
             digest = _fetch_one(job, local, dest, f)
             if digest:
-                state = ds.read_json(job_dir / "state.json", {}) or {}
-                records = {**state.get("verified", {}),
-                           f["path"]: {"sha256": f.get("sha256") and digest, **ds._stamp(dest / f["path"])}}
-                update_state(job_dir, verified=records)
-                break
+                with STATE_LOCK:
+                    state = ds.read_json(job_dir / "state.json", {}) or {}
+                    records = {**state.get("verified", {}),
+                               f["path"]: {"sha256": f.get("sha256") and digest, **ds._stamp(dest / f["path"])}}
+                    update_state(job_dir, verified=records)
+                return
             log(f"ktdeploy: sha256 mismatch for {f['path']} (attempt {attempt}/3)")
-        else:
-            raise JobError(f"{f['path']}: sha256 does not match the manifest after 3 attempts; "
-                           f"the mirror serves corrupt data")
+        raise JobError(f"{f['path']}: sha256 does not match the manifest after 3 attempts; "
+                       f"the mirror serves corrupt data")
+
+    with ThreadPoolExecutor(max_workers=int(job.get("max_workers") or 4)) as pool:
+        errors = [f.exception() for f in [pool.submit(one, f) for f in todo]]
+    errors = [e for e in errors if e is not None]
+    if errors:
+        raise errors[0] if isinstance(errors[0], JobError) else JobError(str(errors[0]))
 
 
 def _fetch_one(job: dict, local: Path | None, dest: Path, f: dict) -> str | None:
@@ -348,9 +361,10 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
 
     def sample(self) -> None:
-        state = ds.read_json(self.job_dir / "state.json", {}) or {}
-        samples = ds.add_sample(state.get("samples", []), time.time(), ds.bytes_on_disk(self.files, self.dest))
-        update_state(self.job_dir, samples=samples)
+        nbytes = ds.bytes_on_disk(self.files, self.dest)
+        with STATE_LOCK:
+            state = ds.read_json(self.job_dir / "state.json", {}) or {}
+            update_state(self.job_dir, samples=ds.add_sample(state.get("samples", []), time.time(), nbytes))
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
