@@ -8,8 +8,11 @@
     Exit 0, or 2 (bad input: unknown repo, nothing matched), 5 (not enough disk), 1 (other).
 
 ``python3 download_job.py run JOB_DIR [--rehash]``
-    The session's body: fetch what is missing with the source's client, sample bytes on disk into
-    ``state.json``, then verify (size always, sha256 once per file) and write ``rc``.
+    The session's body: fetch what is missing, sample bytes on disk into ``state.json``, then verify
+    (size always, sha256 once per file) and write ``rc``. ModelScope goes through the pinned
+    modelscope client; Hugging Face (``resolve`` URLs of the Hub or an HF_ENDPOINT mirror) and plain
+    mirrors go through the resumable fetcher here: ``hf download`` (huggingface_hub 2.4) names its
+    partial files per process, so a killed download starts over, and it does not check sha256.
 
 ``job.json`` keys: name, source (modelscope|huggingface|mirror), repo, revision, includes,
 excludes, dest, endpoint, client, cache_dir, env, unset_proxy, total_timeout, max_workers,
@@ -108,17 +111,15 @@ def _endpoint(job: dict) -> str:
 def list_modelscope(job: dict) -> list[dict]:
     q = urllib.parse.urlencode({"Revision": job["revision"], "Recursive": "True"})
     url = f"{_endpoint(job)}/api/v1/models/{job['repo']}/repo/files?{q}"
-    token = (job.get("env") or {}).get("MODELSCOPE_API_TOKEN") or os.environ.get("MODELSCOPE_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with _get(job, url, headers) as r:
+    with _get(job, url, _auth_headers(job)) as r:
         listing = json.load(r)
     return ds.manifest_files_modelscope(listing, job["includes"], job["excludes"])
 
 
 def list_huggingface(job: dict) -> list[dict]:
-    url = f"{_endpoint(job)}/api/models/{job['repo']}/tree/{urllib.parse.quote(job['revision'])}?recursive=true"
-    token = (job.get("env") or {}).get("HF_TOKEN") or os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    rev = urllib.parse.quote(job["revision"], safe="")
+    url = f"{_endpoint(job)}/api/models/{job['repo']}/tree/{rev}?recursive=true"
+    headers = _auth_headers(job)
     tree: list[dict] = []
     for _ in range(10_000):  # pages; bounded
         with _get(job, url, headers) as r:
@@ -157,7 +158,7 @@ def list_mirror(job: dict) -> list[dict]:
         pick = {p: h for p, h in sums.items() if ds.selected(p, job["includes"], job["excludes"])}
         sizes = {}
         for p in pick:
-            with _get(job, f"{base}/{urllib.parse.quote(p)}", method="HEAD") as r:
+            with _get(job, file_url(job, p), method="HEAD") as r:
                 sizes[p] = int(r.headers["Content-Length"])
     return ds.manifest_files_sums(pick, sizes, [], [])
 
@@ -261,31 +262,30 @@ def client_env(job: dict) -> dict:
         env["MODELSCOPE_DOWNLOAD_TOTAL_TIMEOUT"] = str(job.get("total_timeout") or 86400)
         if job.get("cache_dir"):
             env["MODELSCOPE_CACHE"] = job["cache_dir"]
-    elif job["source"] == "huggingface":
-        if job.get("endpoint"):
-            env["HF_ENDPOINT"] = job["endpoint"]
-        env.setdefault("HF_HUB_DISABLE_XET", "1")
-        env.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "60")
-        if job.get("cache_dir"):
-            env["HF_HOME"] = job["cache_dir"]
     return env
 
 
 def client_command(job: dict, todo: list[dict]) -> list[str]:
-    """The client's command line, scoped to exactly the files still missing."""
+    """The modelscope command line, scoped to exactly the files still missing."""
     exact = [ds.exact_pattern(f["path"]) for f in todo]
-    dest = Path(job["dest"])
-    if job["source"] == "modelscope":
-        return [job.get("client") or "modelscope", "download", job["repo"], "--revision", job["revision"],
-                "--local-dir", str(dest), "--max-workers", str(job.get("max_workers") or 4), "--include", *exact]
-    cmd = [job.get("client") or "hf", "download", job["repo"], "--revision", job["revision"],
-           "--local-dir", str(dest / ds.STAGING), "--max-workers", str(job.get("max_workers") or 8)]
-    for p in exact:
-        cmd += ["--include", p]
-    return cmd
+    return [job.get("client") or "modelscope", "download", job["repo"], "--revision", job["revision"],
+            "--local-dir", job["dest"], "--max-workers", str(job.get("max_workers") or 4), "--include", *exact]
 
 
-def fetch_mirror(job_dir: Path, job: dict, todo: list[dict], log) -> None:
+def file_url(job: dict, path: str) -> str:
+    rel = urllib.parse.quote(path)
+    if job["source"] == "huggingface":
+        return f"{_endpoint(job)}/{job['repo']}/resolve/{urllib.parse.quote(job['revision'], safe='')}/{rel}"
+    return f"{_endpoint(job)}/{job['repo']}/{rel}"
+
+
+def _auth_headers(job: dict) -> dict:
+    var = {"modelscope": "MODELSCOPE_API_TOKEN", "huggingface": "HF_TOKEN"}.get(job["source"])
+    token = var and ((job.get("env") or {}).get(var) or os.environ.get(var))
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def fetch_http(job_dir: Path, job: dict, todo: list[dict], log) -> None:
     """Resumable fetch into ``<path>.incomplete``; renamed to the final path only when sha256 matches.
 
     Files are fetched ``max_workers`` at a time. The digest is computed while streaming, so each
@@ -306,8 +306,8 @@ def fetch_mirror(job_dir: Path, job: dict, todo: list[dict], log) -> None:
                     update_state(job_dir, verified=records)
                 return
             log(f"ktdeploy: sha256 mismatch for {f['path']} (attempt {attempt}/3)")
-        raise JobError(f"{f['path']}: sha256 does not match the manifest after 3 attempts; "
-                       f"the mirror serves corrupt data")
+        raise JobError(f"{f['path']}: sha256 does not match the listing after 3 attempts; "
+                       f"the source serves corrupt data")
 
     with ThreadPoolExecutor(max_workers=int(job.get("max_workers") or 4)) as pool:
         errors = [f.exception() for f in [pool.submit(one, f) for f in todo]]
@@ -333,8 +333,8 @@ def _fetch_one(job: dict, local: Path | None, dest: Path, f: dict) -> str | None
         src = (local / job["repo"] / f["path"]).open("rb")
         src.seek(have)
     else:
-        url = f"{_endpoint(job)}/{job['repo']}/{urllib.parse.quote(f['path'])}"
-        src = _get(job, url, {"Range": f"bytes={have}-"} if have < f["size"] else {})
+        headers = {**_auth_headers(job), **({"Range": f"bytes={have}-"} if have else {})}
+        src = _get(job, file_url(job, f["path"]), headers)
         if have and getattr(src, "status", 200) != 206:
             have, h = 0, hashlib.sha256()
             part.unlink(missing_ok=True)
@@ -380,7 +380,6 @@ def run(job_dir: Path, rehash: bool = False) -> int:
     job = load_job(job_dir)
     dest = Path(job["dest"])
     manifest = ds.read_json(job_dir / "manifest.json")
-    state = ds.read_json(job_dir / "state.json", {}) or {}
     t0 = time.time()
     update_state(job_dir, phase="downloading", error=None, started=t0, finished=None,
                  session=session_name(job), samples=[[t0, ds.bytes_on_disk(manifest["files"], dest)]])
@@ -389,12 +388,10 @@ def run(job_dir: Path, rehash: bool = False) -> int:
     try:
         todo = [m for m, f in zip(ds.measure(manifest["files"], dest), manifest["files"]) if not m["complete"]]
         todo = [f for f in manifest["files"] if f["path"] in {m["path"] for m in todo}]
-        if job["source"] == "huggingface":  # files already staged by an earlier run need no fetch
-            todo = [f for f in todo if ds._size(dest / ds.STAGING / f["path"]) != f["size"]]
         if todo:
             _fetch(job_dir, job, manifest, todo)
         update_state(job_dir, phase="verifying", verify_done_bytes=0)
-        _verify(job_dir, job, manifest, state, rehash)
+        _verify(job_dir, job, manifest, rehash)
     except JobError as exc:
         print(f"ktdeploy: error: {exc}", flush=True)
         update_state(job_dir, phase="failed", error=str(exc), finished=time.time())
@@ -410,8 +407,8 @@ def _fetch(job_dir: Path, job: dict, manifest: dict, todo: list[dict]) -> None:
     sampler = Sampler(job_dir, manifest["files"], Path(job["dest"]), float(job.get("sample_interval") or 2))
     sampler.start()
     try:
-        if job["source"] == "mirror":
-            fetch_mirror(job_dir, job, todo, lambda msg: print(msg, flush=True))
+        if job["source"] != "modelscope":
+            fetch_http(job_dir, job, todo, lambda msg: print(msg, flush=True))
             return
         cmd = client_command(job, todo)
         print("ktdeploy: running " + shlex.join(cmd), flush=True)
@@ -427,13 +424,8 @@ def _fetch(job_dir: Path, job: dict, manifest: dict, todo: list[dict]) -> None:
         sampler.sample()
 
 
-def _verify(job_dir: Path, job: dict, manifest: dict, state: dict, rehash: bool) -> None:
+def _verify(job_dir: Path, job: dict, manifest: dict, rehash: bool) -> None:
     dest = Path(job["dest"])
-    staged = job["source"] == "huggingface"
-    root = dest / ds.STAGING if staged else dest
-    files = manifest["files"]
-    if staged:  # files an earlier run already moved into place are verified where they are
-        files = [f for f in files if not (dest / f["path"]).is_file()]
     done = [0]
 
     def progress(n: int) -> None:
@@ -442,19 +434,11 @@ def _verify(job_dir: Path, job: dict, manifest: dict, state: dict, rehash: bool)
             update_state(job_dir, verify_done_bytes=done[0])
 
     records = (ds.read_json(job_dir / "state.json", {}) or {}).get("verified", {})
-    records, problems = ds.verify(files, root, records, rehash, progress)
-    if staged:
-        for f in files:
-            if f["path"] in records:
-                (dest / f["path"]).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(root / f["path"], dest / f["path"])
-                records[f["path"]].update(ds._stamp(dest / f["path"]))
-        records, more = ds.verify([f for f in manifest["files"] if f not in files], dest, records, rehash, progress)
-        problems += more
+    records, problems = ds.verify(manifest["files"], dest, records, rehash, progress)
     update_state(job_dir, verified=records, verify_done_bytes=done[0])
     if problems:
         for p in problems:  # a corrupt file must not stay at its final path
-            bad = (root if staged else dest) / p.split(":", 1)[0]
+            bad = dest / p.split(":", 1)[0]
             if "sha256" in p and bad.is_file():
                 bad.unlink()
         raise JobError(f"{len(problems)} file(s) failed verification: " + "; ".join(problems[:3]))

@@ -27,8 +27,6 @@ from pathlib import Path
 
 PARTIAL_SUFFIXES = (".incomplete", ".parallel_tmp")
 OLD_SDK_TEMP = "._____temp"
-STAGING = ".ktdeploy-staging"  # sources that do not verify before the final rename download here
-HF_PARTIAL_GLOB = ".cache/huggingface/download/**/*.incomplete"
 RATE_WINDOW_S = 60.0
 MAX_SAMPLES = 120
 HASH_BLOCK = 8 << 20
@@ -126,14 +124,7 @@ def partial_bytes(dest: Path, rel: str) -> int:
     n = sum(_size(Path(str(target) + s)) for s in PARTIAL_SUFFIXES)
     n += sum(_size(Path(p)) for p in glob.glob(glob.escape(str(target)) + "_*_*"))  # parallel parts
     n += _size(dest / OLD_SDK_TEMP / rel)
-    staged = dest / STAGING / rel
-    n += _size(staged) + _size(Path(str(staged) + ".incomplete"))
     return n
-
-
-def unattributed_partial_bytes(dest: Path) -> int:
-    """Partial files named by hash (huggingface), which cannot be tied to one path."""
-    return sum(_size(Path(p)) for p in glob.glob(str(dest / STAGING / HF_PARTIAL_GLOB), recursive=True))
 
 
 def measure(files: list[dict], dest: Path) -> list[dict]:
@@ -148,8 +139,7 @@ def measure(files: list[dict], dest: Path) -> list[dict]:
 
 
 def bytes_on_disk(files: list[dict], dest: Path) -> int:
-    total = sum(m["on_disk"] for m in measure(files, dest))
-    return min(total + unattributed_partial_bytes(dest), sum(f["size"] for f in files))
+    return sum(m["on_disk"] for m in measure(files, dest))
 
 
 def remaining_bytes(files: list[dict], dest: Path) -> int:
@@ -339,9 +329,10 @@ def status(job_dir: Path, now: float | None = None) -> dict:
     dest = Path(job.get("dest", manifest.get("dest", "")))
     total = sum(f["size"] for f in files)
     m = measure(files, dest)
-    done = min(sum(x["on_disk"] for x in m) + unattributed_partial_bytes(dest), total)
-    samples = add_sample(state.get("samples", []), now, done) if alive and phase == "downloading" else state.get("samples", [])
-    bps = rate(samples) if alive and phase == "downloading" else None
+    done = sum(x["on_disk"] for x in m)
+    live = alive and phase == "downloading"
+    samples = add_sample(state.get("samples", []), now, done) if live else state.get("samples", [])
+    bps = rate(samples) if live else None
     verified = state.get("verified", {})
     out.update({
         "files": len(files), "files_complete": sum(x["complete"] for x in m),

@@ -7,6 +7,8 @@ research/downloads.md §2). Routes:
   ``Size`` and ``Sha256`` per file;
 * ``GET /api/v1/models/{owner}/{name}/repo?Revision=&FilePath=`` — a file, with ``Range`` support;
 * ``GET /api/v1/models/{owner}/{name}`` and ``/revisions`` — repo info, for probes and old clients;
+* ``GET /api/models/{owner}/{name}/revision/{rev}`` and ``.../tree/{rev}``, ``GET|HEAD
+  /{owner}/{name}/resolve/{rev}/{path}`` — the Hugging Face routes (``HF_ENDPOINT``);
 * ``GET|HEAD /mirror/{owner}/{name}/[path]`` — the mirror: an HTML directory index, the files
   (``Range`` too), and ``SHA256SUMS`` at the repo root.
 
@@ -261,6 +263,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not rest:
                 return self._json(200, {"Code": 200, "Success": True,
                                         "Data": {"Name": parts[4], "Path": parts[3], "Revision": "master"}})
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+            return self._hf_api(f"{parts[2]}/{parts[3]}", parts[4], query)
+        if len(parts) >= 5 and parts[2] == "resolve" and self.fake.repo_dir(f"{parts[0]}/{parts[1]}"):
+            return self._file(f"{parts[0]}/{parts[1]}", "/".join(parts[4:]), head, hf=True)
         if parts[:1] == ["mirror"] and len(parts) >= 3:
             repo_id = f"{parts[1]}/{parts[2]}"
             if self.fake.repo_dir(repo_id) is not None:
@@ -274,17 +280,36 @@ class _Handler(BaseHTTPRequestHandler):
                                 "RequestId": "0" * 32})
 
     # -- responses -------------------------------------------------------------------------
-    def _send_body(self, status: int, ctype: str, body: bytes, head: bool, file: str | None = None) -> None:
+    def _send_body(self, status: int, ctype: str, body: bytes, head: bool, headers: dict | None = None) -> None:
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
             self.wfile.write(body)
-        self.fake.log(Served(self.command, self.path, file, 0, status, 0 if head else len(body)))
+        self.fake.log(Served(self.command, self.path, None, 0, status, 0 if head else len(body)))
 
-    def _json(self, status: int, doc: dict) -> None:
-        self._send_body(status, "application/json", json.dumps(doc).encode(), head=False)
+    def _json(self, status: int, doc, headers: dict | None = None) -> None:
+        self._send_body(status, "application/json", json.dumps(doc).encode(), head=False, headers=headers)
+
+    def _hf_api(self, repo_id: str, kind: str, query: dict) -> None:
+        """The Hugging Face routes `hf download` needs: revision info and the recursive tree."""
+        d = self.fake.repo_dir(repo_id)
+        if d is None:
+            return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        files = self.fake.files(repo_id)
+        if kind == "revision":
+            return self._json(200, {"id": repo_id, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]})
+        tree = []
+        for rel in files:
+            size = (d / rel).stat().st_size
+            entry = {"type": "file", "path": rel, "size": size, "oid": hashlib.sha1(rel.encode()).hexdigest()}
+            if size > 100_000:
+                entry["lfs"] = {"oid": self.fake.sha256(d / rel), "size": size, "pointerSize": 134}
+            tree.append(entry)
+        self._json(200, tree)
 
     def _sums(self, repo_id: str, head: bool) -> None:
         d = self.fake.repo_dir(repo_id)
@@ -300,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = f"<html><body><pre>\n{chr(10).join(links)}\n</pre></body></html>\n".encode()
         self._send_body(200, "text/html", body, head)
 
-    def _file(self, repo_id: str, rel: str, head: bool) -> None:
+    def _file(self, repo_id: str, rel: str, head: bool, hf: bool = False) -> None:
         d = self.fake.repo_dir(repo_id)
         path = d / rel
         if ".." in rel.split("/") or not path.is_file():
@@ -327,6 +352,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
+        if hf:
+            lfs = total > 100_000
+            etag = self.fake.sha256(path) if lfs else hashlib.sha1(rel.encode()).hexdigest()
+            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("ETag", f'"{etag}"')
+            if lfs:
+                self.send_header("X-Linked-Etag", f'"{etag}"')
+                self.send_header("X-Linked-Size", str(total))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         self.end_headers()

@@ -89,16 +89,6 @@ def test_bytes_on_disk_counts_complete_and_every_partial_layout(tmp_path):
     assert ds.remaining_bytes(files, tmp_path) == 1500 - 380
 
 
-def test_hf_staging_and_hashed_partials_count(tmp_path):
-    files = _files(tmp_path, [100, 100])
-    (tmp_path / ds.STAGING / "d").mkdir(parents=True)
-    (tmp_path / ds.STAGING / "d/f0.bin").write_bytes(b"x" * 100)
-    part = tmp_path / ds.STAGING / ".cache/huggingface/download/d"
-    part.mkdir(parents=True)
-    (part / "Xyz.abc.incomplete").write_bytes(b"x" * 30)
-    assert ds.bytes_on_disk(files, tmp_path) == 130
-
-
 def test_rate_uses_the_recent_window_and_eta_follows():
     samples = []
     for t, b in [(0, 0), (10, 100), (100, 1000), (110, 2000), (120, 3000)]:
