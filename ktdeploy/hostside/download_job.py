@@ -232,14 +232,18 @@ def ensure(job_dir: Path, rehash: bool = False) -> dict:
                 and ds.all_verified(manifest["files"], dest, state.get("verified", {}))):
             return {"action": "complete", "changed": False, "files": len(manifest["files"]),
                     "total_bytes": manifest["total_bytes"]}
-        manifest = make_manifest(job)
-        ds.write_json(job_dir / "manifest.json", manifest)
-        dest.mkdir(parents=True, exist_ok=True)
-        need = ds.remaining_bytes(manifest["files"], dest)
-        problem = ds.disk_problem(need, ds.free_bytes(dest), int(job.get("disk_reserve_bytes") or 0), str(dest))
-        if problem:
-            update_state(job_dir, phase="refused", error=problem)
-            raise JobError(problem, EXIT_NO_DISK)
+        try:
+            manifest = make_manifest(job)
+            ds.write_json(job_dir / "manifest.json", manifest)
+            dest.mkdir(parents=True, exist_ok=True)
+            need = ds.remaining_bytes(manifest["files"], dest)
+            reserve = int(job.get("disk_reserve_bytes") or 0)
+            problem = ds.disk_problem(need, ds.free_bytes(dest), reserve, str(dest))
+            if problem:
+                raise JobError(problem, EXIT_NO_DISK)
+        except JobError as exc:  # refused before fetching anything; status shows why
+            update_state(job_dir, phase="refused", error=str(exc))
+            raise
         update_state(job_dir, phase="planned", error=None)
     finally:
         os.close(fd)

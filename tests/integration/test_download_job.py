@@ -159,6 +159,7 @@ def test_unknown_repo_fails_clearly_before_starting(make_job, hub, source):
         dj.ensure(job)
     assert err.value.code == dj.EXIT_BAD_INPUT and "unsloth/No-Such-Repo" in str(err.value)
     assert not (job / "rc").exists() and hub.bytes_sent() == 0
+    assert ds.status(job)["phase"] == "refused" and "unsloth/No-Such-Repo" in ds.status(job)["error"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -217,3 +218,20 @@ def test_verify_rehashes_and_catches_a_changed_file(make_job, hub):
     assert dj.ensure(job)["action"] == "started"  # the next run fetches it again
     s = wait_done(job)
     assert s["phase"] == "complete" and victim.read_bytes() == (hub.root / GGUF_REPO / shard_paths()[2]).read_bytes()
+
+
+def test_screen_runs_the_job_when_tmux_is_absent(make_job, monkeypatch, tmp_path):
+    screendir = tmp_path / "screens"
+    screendir.mkdir(mode=0o700)
+    monkeypatch.setenv("SCREENDIR", str(screendir))
+    real_which = dj.shutil.which
+    monkeypatch.setattr(dj.shutil, "which", lambda name: None if name == "tmux" else real_which(name))
+    job = make_job("mirror")
+    try:
+        started = dj.ensure(job)
+        assert started["action"] == "started"
+        assert wait_done(job)["phase"] == "complete"
+        assert subprocess.run(["tmux", "ls"], capture_output=True).returncode != 0  # no tmux server was used
+    finally:
+        subprocess.run(["screen", "-S", dj.session_name(ds.read_json(job / "job.json")), "-X", "quit"],
+                       capture_output=True)
