@@ -16,6 +16,7 @@ import click
 import yaml
 
 from ktdeploy import exitcodes
+from ktdeploy.errors import BadInput
 from ktdeploy.resources import roles_dir
 from ktdeploy.targets import Target
 
@@ -156,14 +157,12 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, a
     user), so it survives a dropped SSH session; re-running resumes a failed one and skips a
     complete one. Exit codes: 0 ok, 1 a download failed, 2 bad input, 3 a host unreachable.
     """
+    if source == "mirror" and not endpoint:
+        raise BadInput("--source mirror needs --endpoint", hint="pass the mirror's base URL or an absolute path")
     from ktdeploy import engine
     from ktdeploy.cli.provision_cmd import build_request, check_connections
     from ktdeploy.display import make_display
 
-    if source == "mirror" and not endpoint:
-        from ktdeploy.errors import BadInput
-
-        raise BadInput("--source mirror needs --endpoint", hint="pass the mirror's base URL or an absolute path")
     extravars = download_extravars(variant, source, endpoint, verify)
     request = build_request(hosts, inventory, limit, (), (), (), False)
     check_connections(request)
