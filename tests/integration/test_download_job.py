@@ -235,3 +235,17 @@ def test_screen_runs_the_job_when_tmux_is_absent(make_job, monkeypatch, tmp_path
     finally:
         subprocess.run(["screen", "-S", dj.session_name(ds.read_json(job / "job.json")), "-X", "quit"],
                        capture_output=True)
+
+
+def test_local_path_mirror(make_job, repos, tmp_path):
+    local = tmp_path / "local-mirror"
+    import shutil
+
+    shutil.copytree(repos / GGUF_REPO, local / GGUF_REPO)
+    sums = subprocess.run("find . -type f | sort | xargs sha256sum", shell=True, cwd=local / GGUF_REPO,
+                          capture_output=True, text=True, check=True).stdout
+    (local / GGUF_REPO / "SHA256SUMS").write_text(sums)
+    job = make_job("mirror", endpoint=str(local))
+    assert dj.ensure(job)["files"] == 3
+    s = wait_done(job)
+    assert s["phase"] == "complete" and dest_files(job) == shard_paths()
