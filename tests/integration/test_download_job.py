@@ -7,6 +7,7 @@ these run without root and pin down the runner itself.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,7 +240,6 @@ def test_screen_runs_the_job_when_tmux_is_absent(make_job, monkeypatch, tmp_path
 
 def test_local_path_mirror(make_job, repos, tmp_path):
     local = tmp_path / "local-mirror"
-    import shutil
 
     shutil.copytree(repos / GGUF_REPO, local / GGUF_REPO)
     sums = subprocess.run("find . -type f | sort | xargs sha256sum", shell=True, cwd=local / GGUF_REPO,
