@@ -15,15 +15,13 @@ from functools import cache
 import click
 import yaml
 
-from ktdeploy import exitcodes
+from ktdeploy import downloads, exitcodes
 from ktdeploy.errors import BadInput
 from ktdeploy.resources import roles_dir
 from ktdeploy.targets import Target
 
-SOURCES = ("modelscope", "huggingface", "mirror")
 ENDPOINT_VARS = {"modelscope": "model_download_modelscope_endpoint", "huggingface": "model_download_hf_endpoint",
                  "mirror": "model_download_mirror_url"}
-CONFIG_ITEM = "DeepSeek-R1-config"
 FINAL_PHASES = ("complete", "failed", "refused", "interrupted", "unknown")
 POLL_SECONDS = 2.0
 
@@ -33,27 +31,23 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((roles_dir() / role / "defaults" / "main.yml").read_text()) or {}
 
 
-def download_items(variant_name: str | None, source: str) -> list[dict]:
-    """The role's model_download_items for a catalog variant: its GGUF shards and the R1 config files."""
-    from ktdeploy import catalog
-
-    v = catalog.variant(variant_name)
-    cfg = catalog.config_repo()
-    key = "huggingface" if source == "huggingface" else "modelscope"
-    return [
-        {"name": v.dir, "repo": getattr(v.repo, key), "includes": list(v.include), "excludes": [],
-         "dest": "{{ base_model_dir }}/" + v.repo.local_dir},
-        {"name": CONFIG_ITEM, "repo": getattr(cfg, key), "includes": [], "excludes": list(cfg.exclude),
-         "dest": "{{ base_model_dir }}/" + cfg.local_dir},
-    ]
-
-
 def download_extravars(variant_name: str | None, source: str, endpoint: str | None, verify: bool) -> dict:
-    out = {"model_download_source": source, "model_download_items": download_items(variant_name, source),
-           "model_download_rehash": verify}
+    """The role computes its items from the plan's variant; --model sets that variant for both.
+
+    The plan's hardware problems (no GPU, little RAM) do not stop a download: the role checks the
+    disk against the exact listing itself (plan_force).
+    """
+    out = {"model_download_source": source, "model_download_rehash": verify, "plan_force": True}
+    if variant_name:
+        downloads.item_names(variant_name)  # an unknown variant is bad input before anything runs
+        out["plan_model_variant"] = variant_name
     if endpoint:
         out[ENDPOINT_VARS[source]] = endpoint
     return out
+
+
+def item_names(target: Target, variant_name: str | None) -> list[str]:
+    return downloads.item_names(variant_name or target.hostvars.get("plan_model_variant") or None)
 
 
 def _host_setting(target: Target, name: str, owner: str) -> str:
@@ -71,19 +65,20 @@ def status_command(target: Target, names: list[str]) -> str:
     return shlex.join(["python3", f"{lib}/download_state.py", "--json", jobs, *names])
 
 
-def fetch_status(target: Target, names: list[str]) -> list[dict]:
+def fetch_status(target: Target, variant_name: str | None) -> list[dict]:
     from ktdeploy import remote
 
-    rc, out, err = remote.run_script(target, status_command(target, names), sudo=True, timeout=120)
+    cmd = status_command(target, item_names(target, variant_name))
+    rc, out, err = remote.run_script(target, cmd, sudo=True, timeout=120)
     if rc != 0:
         raise RuntimeError(f"download status failed (rc {rc}): {err.strip() or out.strip()}")
     return json.loads(out)
 
 
-def poll(targets: list[Target], names: list[str]) -> dict[str, list[dict] | str]:
+def poll(targets: list[Target], variant_name: str | None) -> dict[str, list[dict] | str]:
     from ktdeploy import remote
 
-    results = remote.on_hosts(targets, lambda t: fetch_status(t, names))
+    results = remote.on_hosts(targets, lambda t: fetch_status(t, variant_name))
     return {r.target.name: (r.value if r.ok else r.error) for r in results}
 
 
@@ -112,7 +107,7 @@ def describe(host: str, d: dict) -> str:
     return ", ".join(parts)
 
 
-def wait_with_progress(targets: list[Target], names: list[str], plain: bool) -> dict:
+def wait_with_progress(targets: list[Target], variant_name: str | None, plain: bool) -> dict:
     """Poll until every download has stopped; a rich bar per (host, download) unless plain."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -123,7 +118,7 @@ def wait_with_progress(targets: list[Target], names: list[str], plain: bool) -> 
     tasks: dict[tuple[str, str], int] = {}
     with Progress(*columns, disable=plain, transient=False) as bar:
         while True:
-            snap = poll(targets, names)
+            snap = poll(targets, variant_name)
             for host, docs in snap.items():
                 for d in docs if isinstance(docs, list) else []:
                     key = (host, d["name"])
@@ -142,7 +137,7 @@ def wait_with_progress(targets: list[Target], names: list[str], plain: bool) -> 
 @click.option("-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory.")
 @click.option("--limit", multiple=True, metavar="HOST,...", help="Only these hosts of the targets.")
 @click.option("--model", "variant", metavar="VARIANT", help="GGUF variant from the catalog (default: the catalog's).")
-@click.option("--source", type=click.Choice(SOURCES), default="modelscope", show_default=True,
+@click.option("--source", type=click.Choice(downloads.SOURCES), default="modelscope", show_default=True,
               help="Where the files come from.")
 @click.option("--endpoint", metavar="URL|PATH",
               help="ModelScope endpoint, HF_ENDPOINT mirror (e.g. https://hf-mirror.com), or the mirror's URL/path.")
@@ -166,7 +161,7 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, a
     extravars = download_extravars(variant, source, endpoint, verify)
     request = build_request(hosts, inventory, limit, (), (), (), False)
     check_connections(request)
-    display = make_display(plain=plain or as_json)
+    display = make_display(plain=plain, out=sys.stderr if as_json else None)  # stdout holds only the JSON
     try:
         result = engine.run_playbook("site.yml", request.inventory, extravars=extravars, tags=["model_download"],
                                      limit=request.limit, on_event=display.event, on_tick=display.tick)
@@ -176,8 +171,8 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, a
     display.finish(result)
     if result.exit_code != exitcodes.OK:
         sys.exit(result.exit_code)
-    names = [item["name"] for item in extravars["model_download_items"]]
-    snap = wait_with_progress(request.targets, names, plain or as_json) if wait else poll(request.targets, names)
+    snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait
+            else poll(request.targets, variant))
     if as_json:
         click.echo(json.dumps([{"host": h, "downloads": v} if isinstance(v, list) else {"host": h, "error": v}
                                for h, v in snap.items()], indent=1))

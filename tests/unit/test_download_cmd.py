@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from ktdeploy import exitcodes
+from ktdeploy import downloads, exitcodes
 from ktdeploy.cli import download_cmd as dc
 from ktdeploy.cli import main
 from ktdeploy.hostside import download_state as ds
@@ -13,31 +13,44 @@ from ktdeploy.targets import Target
 
 
 def test_items_come_from_the_catalog():
-    items = dc.download_items("UD-IQ1_S", "modelscope")
-    gguf, cfg = items
+    gguf, cfg = downloads.download_items("UD-IQ1_S", "modelscope", "/srv/m")
     assert gguf["repo"] == "unsloth/DeepSeek-R1-GGUF" and gguf["includes"] == ["DeepSeek-R1-UD-IQ1_S/*"]
-    assert gguf["dest"] == "{{ base_model_dir }}/DeepSeek-R1-GGUF"
+    assert gguf["dest"] == "/srv/m/DeepSeek-R1-GGUF" and gguf["name"] == "DeepSeek-R1-UD-IQ1_S"
     assert cfg["repo"] == "deepseek-ai/DeepSeek-R1" and cfg["excludes"] == ["*.safetensors"]
-    assert cfg["includes"] == [] and cfg["name"] == dc.CONFIG_ITEM
+    assert cfg["includes"] == [] and cfg["name"] == downloads.CONFIG_ITEM and cfg["dest"] == "/srv/m/DeepSeek-R1"
     # the catalog's patterns select exactly the variant's shards, as the client would
     paths = [f"DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     others = ["DeepSeek-R1-UD-IQ1_M/DeepSeek-R1-UD-IQ1_M-00001-of-00004.gguf", "README.md", "config.json"]
     assert [p for p in paths + others if ds.selected(p, gguf["includes"], gguf["excludes"])] == paths
+    assert downloads.item_names(None) == ["DeepSeek-R1-UD-IQ1_S", "DeepSeek-R1-config"]
+
+
+def test_the_role_filter_gives_the_same_items():
+    import importlib.util
+
+    from ktdeploy.resources import playbooks_dir
+
+    spec = importlib.util.spec_from_file_location("f", playbooks_dir() / "filter_plugins" / "ktdeploy_download.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    f = mod.FilterModule().filters()["ktdeploy_download_items"]
+    assert f("", "huggingface", "/m") == downloads.download_items(None, "huggingface", "/m")
 
 
 def test_unknown_variant_is_bad_input():
     from ktdeploy.errors import BadInput
 
     with pytest.raises(BadInput):
-        dc.download_items("UD-IQ0_Z", "modelscope")
+        dc.download_extravars("UD-IQ0_Z", "modelscope", None, False)
 
 
-def test_extravars_carry_source_endpoint_and_verify():
-    ev = dc.download_extravars(None, "huggingface", "https://hf-mirror.com", verify=True)
+def test_extravars_carry_variant_source_endpoint_and_verify():
+    ev = dc.download_extravars("UD-IQ2_XXS", "huggingface", "https://hf-mirror.com", verify=True)
     assert ev["model_download_source"] == "huggingface" and ev["model_download_rehash"] is True
-    assert ev["model_download_hf_endpoint"] == "https://hf-mirror.com"
-    assert "model_download_modelscope_endpoint" not in ev
+    assert ev["model_download_hf_endpoint"] == "https://hf-mirror.com" and ev["plan_model_variant"] == "UD-IQ2_XXS"
+    assert "model_download_modelscope_endpoint" not in ev and ev["plan_force"] is True
     assert dc.download_extravars(None, "mirror", "/data/mirror", False)["model_download_mirror_url"] == "/data/mirror"
+    assert "plan_model_variant" not in dc.download_extravars(None, "modelscope", None, False)
 
 
 def test_role_defaults_cover_every_endpoint_var():
@@ -88,7 +101,7 @@ def test_help_lists_the_options():
 def test_wait_polls_until_every_download_stopped(monkeypatch):
     snaps = iter([{"h": [_doc("downloading", True)]}, {"h": [_doc("verifying", True)]},
                   {"h": [{**_doc("complete"), "done_bytes": 10, "percent": 100.0}]}])
-    monkeypatch.setattr(dc, "poll", lambda targets, names: next(snaps))
+    monkeypatch.setattr(dc, "poll", lambda targets, variant: next(snaps))
     monkeypatch.setattr(dc, "POLL_SECONDS", 0)
-    final = dc.wait_with_progress([], ["x"], plain=False)
+    final = dc.wait_with_progress([], None, plain=False)
     assert final["h"][0]["phase"] == "complete"
