@@ -422,10 +422,23 @@ def _fetch(job_dir: Path, job: dict, manifest: dict, todo: list[dict]) -> None:
         if rc != 0:
             errors = ds.error_lines(job_dir / "log")
             raise JobError(f"{Path(cmd[0]).name} exited {rc}" + (f": {errors[-1]}" if errors else ""))
+        record_client_verified(job_dir, Path(job["dest"]), todo)
     finally:
         sampler.stop.set()
         sampler.join()
         sampler.sample()
+
+
+def record_client_verified(job_dir: Path, dest: Path, fetched: list[dict]) -> None:
+    """The modelscope client (snapshot mode) hashes while streaming and renames a file into place only
+    when its sha256 matches the listing, so a file it just put there is recorded without hashing again."""
+    with STATE_LOCK:
+        records = dict((ds.read_json(job_dir / "state.json", {}) or {}).get("verified", {}))
+        for f in fetched:
+            path = dest / f["path"]
+            if f.get("sha256") and path.is_file() and path.stat().st_size == f["size"]:
+                records[f["path"]] = {"sha256": f["sha256"], **ds._stamp(path)}
+        update_state(job_dir, verified=records)
 
 
 def _verify(job_dir: Path, job: dict, manifest: dict, rehash: bool) -> None:

@@ -30,7 +30,7 @@ from tests.support.fake_hub import GGUF_REPO, FakeHub, make_gguf_repo, shard_pat
 
 def curl_all(hub: FakeHub, dest: Path) -> float:
     dest.mkdir(parents=True)
-    argv = ["curl", "-sS", "--fail", "-Z", "--parallel-max", "4", "--noproxy", "*"]
+    argv = ["curl", "-sS", "--fail", "-Z", "--parallel-immediate", "--parallel-max", "4", "--noproxy", "*"]
     for rel in shard_paths():
         argv += ["-o", str(dest / Path(rel).name), f"{hub.mirror_url}/{GGUF_REPO}/{rel}"]
     t = time.perf_counter()
