@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from ktdeploy import catalog
-
 SOURCES = ("modelscope", "huggingface", "mirror")
 CONFIG_ITEM = "DeepSeek-R1-config"
 
@@ -19,6 +17,8 @@ def download_items(variant_name: str | None, source: str, model_dir: str) -> lis
 
     Mirrors are laid out like ModelScope (`<owner>/<name>/...`), so they use its repo ids.
     """
+    from ktdeploy import catalog  # imported here: every CLI command loads this module
+
     v = catalog.variant(variant_name or None)
     cfg = catalog.config_repo()
     key = "huggingface" if source == "huggingface" else "modelscope"
