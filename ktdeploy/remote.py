@@ -63,12 +63,14 @@ def _accept_policy():
     return paramiko.AutoAddPolicy()
 
 
-def run_script(target: Target, script: str, *, sudo: bool = False, timeout: float = 60) -> tuple[int, str, str]:
+def run_script(
+    target: Target, script: str, *, sudo: bool = False, timeout: float = 60, connect_timeout: float = 10
+) -> tuple[int, str, str]:
     """Run a shell script on the target in one round trip; returns (rc, stdout, stderr)."""
     cmd = "bash -c " + shlex.quote(script)
     if sudo:
         cmd = "sudo -n " + cmd
-    with connection(target) as conn:
+    with connection(target, connect_timeout=connect_timeout) as conn:
         r = conn.run(cmd, timeout=timeout, in_stream=False)
         return r.exited, r.stdout, r.stderr
 

@@ -78,9 +78,15 @@ def load_inventory(path: str | Path) -> dict:
     Returns Ansible's own JSON view; a malformed inventory raises BadInput naming the parser's
     complaint.
     """
+    from ktdeploy import inventory_cache
+
     path = Path(path)
     if not path.exists():
         raise BadInput(f"inventory {path} does not exist", hint="pass an existing file or directory to -i")
+    cache_key = inventory_cache.key(path)
+    cached = inventory_cache.get(cache_key) if cache_key else None
+    if cached is not None:
+        return cached
     proc = subprocess.run(
         [ansible_bin("ansible-inventory"), "-i", str(path), "--list"],
         capture_output=True,
@@ -93,6 +99,8 @@ def load_inventory(path: str | Path) -> dict:
             hint="fix the file (YAML or INI inventory), or check it with `ansible-inventory -i PATH --list`",
         )
     data = json.loads(proc.stdout)
+    if cache_key:
+        inventory_cache.put(cache_key, data)
     return data
 
 

@@ -14,9 +14,23 @@ def main() -> None:
 
 
 def _register() -> None:
-    from ktdeploy.cli import download_cmd, lab_cmd, provision_cmd
+    from ktdeploy.cli import (
+        download_cmd,
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+        status_cmd,
+    )
 
-    for module in (download_cmd, lab_cmd, provision_cmd):
+    for module in (
+        download_cmd,
+        init_cmd,
+        lab_cmd,
+        plan_cmd,
+        provision_cmd,
+        status_cmd,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,275 @@
+"""`ktdeploy status`, `ktdeploy logs`, `ktdeploy chat`: how the deployed hosts are doing."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from contextlib import contextmanager
+
+import click
+
+from ktdeploy import status as st
+from ktdeploy.errors import BadInput, KtdeployError, Unreachable
+from ktdeploy.targets import Target, parse_targets, targets_from_inventory
+
+_STYLE = {"ok": "green", "degraded": "yellow", "failed": "red", "unreachable": "magenta"}
+WATCH_MIN_S, WATCH_MAX_S = 1.0, 3600.0
+
+
+def _targets(hosts: tuple[str, ...], inventory: str | None) -> list[Target]:
+    if inventory:
+        return targets_from_inventory(inventory, limit=list(hosts) or None)
+    if not hosts:
+        raise BadInput("no host given", hint="name hosts (HOST, USER@HOST:PORT) or pass an inventory with -i")
+    return parse_targets(list(hosts))
+
+
+def _one_target(host: str, inventory: str | None) -> Target:
+    targets = _targets((host,), inventory)
+    return targets[0]
+
+
+def _table(statuses: list[st.HostStatus], deep: bool):
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    for col in ("host", "verdict", "services", "API", "Open WebUI", "download", "stages"):
+        table.add_column(col, overflow="fold")
+    if deep:
+        table.add_column("deep check", overflow="fold")
+    for s in statuses:
+        verdict = f"[{_STYLE[s.verdict]}]{s.verdict}[/]"
+        if s.error:
+            table.add_row(s.name, verdict, f"[{_STYLE[s.verdict]}]{s.error}[/]", *[""] * (4 + deep))
+            continue
+        by = {}
+        for c in s.checks:
+            by.setdefault(c.name.split(":")[0], []).append(c)
+        row = [s.name, verdict] + [_cell(by.get(k, [])) for k in ("service", "api", "webui", "download", "stages")]
+        if deep:
+            row.append(_cell(by.get("completion", []) + by.get("stream", [])))
+        table.add_row(*row)
+    return table
+
+
+def _cell(checks: list[st.Check]) -> str:
+    return "\n".join(f"[{_STYLE[c.level]}]{c.detail}[/]" if c.level != "ok" else c.detail for c in checks) or "-"
+
+
+@click.command()
+@click.argument("hosts", nargs=-1)
+@click.option("-i", "--inventory", type=click.Path(), help="Inventory file or directory (HOSTS then limit it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (docs/status.md) instead of a table.")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (exit code of the last round).")
+@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between --watch rounds (1 to 3600).")
+@click.option("--deep", is_flag=True, help="Also run a 1-token completion and a short streamed request (TTFT, tok/s).")
+@click.option("--model", help="Model id the API must list (default: the one the serving stage recorded).")
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True, help="SSH connect timeout, seconds.")
+def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout):
+    """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
+
+    Exit code: 0 all hosts ok, 5 a host is not ready yet (degraded), 1 a host failed,
+    3 a host was unreachable; the worst host wins (unreachable > failed > degraded > ok).
+    """
+    targets = _targets(hosts, inventory)
+    if not WATCH_MIN_S <= interval <= WATCH_MAX_S:
+        raise BadInput(f"--interval {interval} is out of range", hint="use 1 to 3600 seconds")
+
+    def round_once():
+        statuses = st.collect(targets, deep=deep, model=model, connect_timeout=connect_timeout)
+        return statuses, st.report(statuses, deep=deep)
+
+    if not watch:
+        statuses, doc = round_once()
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+        else:
+            from rich.console import Console
+
+            Console().print(_table(statuses, deep))
+        sys.exit(doc["exit_code"])
+    sys.exit(_watch(round_once, interval, as_json, deep))
+
+
+def _watch(round_once, interval: float, as_json: bool, deep: bool) -> int:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    code = 0
+    try:
+        if as_json:  # one JSON document per line and round
+            while True:
+                _, doc = round_once()
+                code = doc["exit_code"]
+                click.echo(json.dumps(doc))
+                time.sleep(interval)
+        with Live(Text("probing…"), console=Console(), auto_refresh=False) as live:
+            while True:
+                statuses, doc = round_once()
+                code = doc["exit_code"]
+                stamp = Text(f"{time.strftime('%H:%M:%S')}  every {interval:g} s, Ctrl-C to stop", style="dim")
+                live.update(Group(_table(statuses, deep), stamp), refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return code
+
+
+def _services(target: Target) -> dict:
+    """One probe round trip: the host's service manager and services (for logs and chat)."""
+    (s,) = st.collect([target])
+    if s.verdict == "unreachable":
+        raise Unreachable(f"{target.name}: {s.error}")
+    if s.probe is None:
+        raise KtdeployError(f"{target.name}: {s.error}")
+    return s.probe
+
+
+def _pick(probe: dict, service: str | None) -> list[dict]:
+    services = probe.get("services") or []
+    if service is None:
+        return services
+    chosen = [s for s in services if service in (s["role"], s["unit"], s["unit"] + ".service")]
+    if not chosen:
+        names = ", ".join(f"{s['role']} ({s['unit']})" for s in services) or "none"
+        raise BadInput(f"no service {service!r} on this host", hint=f"use one of: {names}")
+    return chosen
+
+
+def logs_command(manager: str, services: list[dict], lines: int, follow: bool) -> str:
+    """The host-side shell command that prints (or follows) the services' logs."""
+    if manager == "systemd":
+        units = " ".join(f"-u {shlex.quote(s['unit'])}" for s in services)
+        return f"journalctl --no-pager -o short-iso {units} -n {lines}" + (" -f" if follow else "")
+    if manager == "supervisord":
+        files = " ".join(shlex.quote(s.get("log") or f"/var/log/ktdeploy/{s['unit']}.log") for s in services)
+        return f"tail -n {lines}" + (" -F " if follow else " ") + files
+    raise KtdeployError("this host has neither systemd nor supervisord; no service logs to show")
+
+
+@click.command()
+@click.argument("host")
+@click.argument("service", required=False)
+@click.option("-i", "--inventory", type=click.Path(), help="Inventory that names HOST.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(1, 100000), default=200, show_default=True)
+def logs(host, service, inventory, follow, lines):
+    """Print the logs of a host's services (SERVICE: api, webui or a unit name; default all).
+
+    systemd hosts: the journal (journalctl -u); supervisord hosts: the programs' log files.
+    """
+    from ktdeploy.remote import connection
+
+    target = _one_target(host, inventory)
+    probe = _services(target)
+    cmd = logs_command(probe.get("manager"), _pick(probe, service), lines, follow)
+    with connection(target) as conn:
+        try:
+            r = conn.run(st.as_root_if_possible(cmd), hide=False, warn=True, pty=follow, in_stream=False)
+        except KeyboardInterrupt:
+            return
+    if follow:  # ended by Ctrl-C (the remote side sees it through the pty)
+        return
+    if r.exited != 0:
+        raise KtdeployError(f"{cmd!r} failed on {target.name} (exit {r.exited})")
+
+
+@click.command()
+@click.argument("host")
+@click.argument("prompt")
+@click.option("-i", "--inventory", type=click.Path(), help="Inventory that names HOST.")
+@click.option("--model", help="Model id (default: the one the API lists).")
+@click.option("--max-tokens", type=click.IntRange(1, 100000), default=1024, show_default=True)
+@click.option("--api-key", envvar="KTDEPLOY_API_KEY", help="API key if the server wants one (env KTDEPLOY_API_KEY).")
+@click.option("--hide-reasoning", is_flag=True, help="Print only the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print {model, reasoning, answer, usage} as JSON (no streaming).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for the reply.")
+def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as_json, timeout):
+    """Send PROMPT to the host's API and print the answer (reasoning apart, on stderr).
+
+    The API binds 127.0.0.1 on the host; ktdeploy reaches it through an SSH port forward.
+    """
+    from ktdeploy import chat as ch
+    from ktdeploy.remote import connection
+
+    target = _one_target(host, inventory)
+    probe = _services(target)
+    api = probe.get("api")
+    if not api or not api.get("ok"):
+        why = (api or {}).get("error") or "no API service on this host"
+        raise KtdeployError(f"{target.name}: the API is not ready ({why})", hint=f"see `ktdeploy status {host}`")
+    model = model or api.get("expected_model") or (api.get("models") or [None])[0]
+    with connection(target) as conn, ch.tunnel(conn, api.get("address", "127.0.0.1"), api["port"]) as port:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)
+        with _api_errors(target.name):
+            ask(client, model, prompt, max_tokens, as_json=as_json, hide_reasoning=hide_reasoning)
+
+
+@contextmanager
+def _api_errors(host: str):
+    """OpenAI client errors as one line naming the cause and the fix."""
+    import openai
+
+    try:
+        yield
+    except openai.AuthenticationError:
+        raise KtdeployError(f"{host}: the API wants a key", hint="pass --api-key or set KTDEPLOY_API_KEY") from None
+    except openai.APIStatusError as exc:
+        raise KtdeployError(f"{host}: the API answered HTTP {exc.status_code}: {exc.message}") from None
+    except openai.APIError as exc:
+        raise KtdeployError(f"{host}: the API request failed: {exc}", hint=f"see `ktdeploy status {host}`") from None
+
+
+def ask(client, model: str, prompt: str, max_tokens: int, *, as_json: bool, hide_reasoning: bool) -> None:
+    """Send one prompt; print the answer on stdout and the reasoning apart (stderr), or one JSON line."""
+    from ktdeploy import chat as ch
+
+    messages = [{"role": "user", "content": prompt}]
+    if as_json:
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+        msg = r.choices[0].message
+        reasoning, answer = ch.split_think(msg.content or "")
+        reasoning = getattr(msg, "reasoning_content", None) or reasoning
+        usage = r.usage.model_dump() if r.usage else None
+        click.echo(json.dumps({"model": model, "reasoning": reasoning, "answer": answer, "usage": usage}))
+        return
+    _stream_chat(client, model, messages, max_tokens, hide_reasoning)
+
+
+def _stream_chat(client, model, messages, max_tokens, hide_reasoning) -> None:
+    from ktdeploy.chat import ThinkSplitter
+
+    splitter = ThinkSplitter()
+    last = None
+
+    def emit(parts):
+        nonlocal last
+        for kind, text in parts:
+            if kind == "reasoning" and hide_reasoning:
+                continue
+            if kind != last:
+                click.secho(("\n" if last else "") + f"[{kind}]", err=True, dim=True)
+                last = kind
+            if kind == "answer":
+                click.echo(text, nl=False)
+            else:
+                click.secho(text, err=True, dim=True, nl=False)
+
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True)
+    for chunk in stream:
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            extra = getattr(delta, "reasoning_content", None)
+            if extra:
+                emit([("reasoning", extra)])
+            if delta.content:
+                emit(splitter.feed(delta.content))
+    emit(splitter.flush())
+    click.echo()
+
+
+COMMANDS = [status, logs, chat]

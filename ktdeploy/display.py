@@ -1,0 +1,257 @@
+"""Progress of a playbook run, rendered from ansible-runner events.
+
+`RunState` folds events into what each host is doing now and what failed. Two renderings sit on
+top: `PlainDisplay` (one line per task result and host, heartbeat lines during long tasks; for
+pipes, CI logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task
+runs). Both end with the failures in full and a per-host recap table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, TextIO
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ktdeploy.engine import Event, RunResult
+
+HEARTBEAT_SECONDS = 30.0
+_RESULTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_skipped": "skipped",
+    "runner_on_unreachable": "unreachable",
+}
+_DUMP_FIELDS = ("msg", "rc", "stderr", "stdout", "module_stderr", "module_stdout")
+_DUMP_LINES = 20
+
+
+@dataclass
+class HostState:
+    task: str = ""
+    since: float = 0.0  # when the current task started on this host (epoch seconds)
+    last_line: float = 0.0  # when the last line about this host was shown (plain mode)
+    note: str = ""  # heartbeat detail: "poll 3", "attempt 2 of 5"
+    last_result: str = ""
+    running: bool = False
+
+
+@dataclass
+class Failure:
+    host: str
+    task: str
+    kind: str  # "failed" or "unreachable"
+    details: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        msg = str(self.details.get("msg") or "").strip().splitlines()
+        return msg[0] if msg else self.kind
+
+
+class RunState:
+    """What every host is doing, folded from events in arrival order."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostState] = {}
+        self.failures: list[Failure] = []
+        self.play = ""
+
+    def apply(self, event: Event) -> tuple[str, str | None]:
+        """Fold one event in; returns (kind, host) where kind is a result, a heartbeat or ""."""
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        when = _created(event)
+        if kind == "playbook_on_play_start":
+            self.play = data.get("name") or data.get("play") or ""
+            return "play", None
+        if host is None:
+            return "", None
+        state = self.hosts.setdefault(host, HostState())
+        if kind == "runner_on_start":
+            state.task, state.since, state.note, state.running = data.get("task", ""), when, "", True
+            return "start", host
+        if kind == "runner_on_async_poll":
+            state.note = f"poll {_polls(state.note) + 1}"
+            return "heartbeat", host
+        if kind == "runner_retry":
+            res = data.get("res") or {}
+            state.note = f"attempt {res.get('attempts', '?')} of {res.get('retries', '?')}"
+            return "heartbeat", host
+        if kind in _RESULTS:
+            result = _RESULTS[kind]
+            res = data.get("res") or {}
+            if result == "ok" and res.get("changed"):
+                result = "changed"
+            if result == "failed" and data.get("ignore_errors"):
+                result = "ignored"
+            elif result in ("failed", "unreachable"):
+                details = {k: res[k] for k in _DUMP_FIELDS if res.get(k) not in (None, "")}
+                self.failures.append(Failure(host, data.get("task", state.task), result, details))
+            state.task = data.get("task", state.task)
+            state.running, state.last_result = False, result
+            return result, host
+        return "", host
+
+
+class PlainDisplay:
+    """Line-per-result output for pipes and CI logs; heartbeat lines every `heartbeat` seconds."""
+
+    def __init__(self, out: TextIO | None = None, *, heartbeat: float = HEARTBEAT_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.out = out or sys.stdout
+        self.state = RunState()
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.console = Console(file=self.out, no_color=True, highlight=False, width=100,
+                               force_terminal=False, soft_wrap=True)
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def event(self, event: Event) -> None:
+        kind, host = self.state.apply(event)
+        if kind == "play":
+            self.line(f"PLAY {self.state.play}")
+        elif host and kind in ("ok", "changed", "skipped", "ignored", "failed", "unreachable"):
+            state = self.state.hosts[host]
+            took = (event.get("event_data") or {}).get("duration")
+            text = f"{host}  {kind:<11} {state.task}"
+            if took is not None and kind not in ("skipped",):
+                text += f" ({_elapsed(took)})"
+            if kind in ("failed", "unreachable"):
+                text += f": {self.state.failures[-1].summary()}"
+            self.line(text)
+            state.last_line = _created(event)
+        elif host and kind == "heartbeat":
+            self._heartbeat(host, _created(event))
+
+    def tick(self) -> None:
+        now = self.clock()
+        for host, state in self.state.hosts.items():
+            if state.running:
+                self._heartbeat(host, now)
+
+    def _heartbeat(self, host: str, now: float) -> None:
+        state = self.state.hosts[host]
+        if now - max(state.last_line, state.since) < self.heartbeat:
+            return
+        note = f", {state.note}" if state.note else ""
+        self.line(f"{host}  {'running':<11} {state.task} ({_elapsed(now - state.since)}{note})")
+        state.last_line = now
+
+    def stop(self) -> None:
+        pass
+
+    def finish(self, result: RunResult) -> None:
+        print_failures(self.console, self.state.failures)
+        print_recap(self.console, result)
+
+
+class LiveDisplay:
+    """A rich table, one row per host: current task, time in it, heartbeat detail."""
+
+    def __init__(self, console: Console | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.console = console or Console()
+        self.state = RunState()
+        self.clock = clock
+        self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=True)
+        self.live.start()
+
+    def event(self, event: Event) -> None:
+        kind, host = self.state.apply(event)
+        if host and kind in ("failed", "unreachable"):
+            failure = self.state.failures[-1]
+            self.console.print(f"[red]{host}: {kind}[/red] {failure.task}: {failure.summary()}",
+                               markup=True, highlight=False)
+        self.live.update(self._table())
+
+    def tick(self) -> None:
+        self.live.update(self._table())
+
+    def stop(self) -> None:
+        self.live.stop()
+
+    def finish(self, result: RunResult) -> None:
+        self.stop()
+        print_failures(self.console, self.state.failures)
+        print_recap(self.console, result)
+
+    def _table(self) -> Table:
+        table = Table(box=box.SIMPLE, title=self.state.play or None, title_justify="left")
+        for column in ("host", "state", "task", "elapsed", ""):
+            table.add_column(column)
+        now = self.clock()
+        for host, state in sorted(self.state.hosts.items()):
+            if state.running:
+                row = ("[cyan]running[/cyan]", _elapsed(now - state.since), state.note)
+            else:
+                row = (_styled(state.last_result), "", "")
+            table.add_row(host, row[0], state.task, row[1], row[2])
+        return table
+
+
+def make_display(plain: bool = False, out: TextIO | None = None):
+    """Live when writing to a terminal, plain lines otherwise (or when asked)."""
+    out = out or sys.stdout
+    if plain or not out.isatty():
+        return PlainDisplay(out)
+    return LiveDisplay(Console(file=out))
+
+
+def print_failures(console: Console, failures: list[Failure]) -> None:
+    for failure in failures:
+        console.print(f"\n{failure.kind.upper()}: {failure.host}: {failure.task}", style="bold red",
+                      markup=False, highlight=False)
+        for key, value in failure.details.items():
+            lines = str(value).rstrip().splitlines() or [""]
+            if len(lines) > _DUMP_LINES:
+                lines = [f"... ({len(lines) - _DUMP_LINES} earlier lines in the run record)"] + lines[-_DUMP_LINES:]
+            console.print(f"  {key}: " + "\n    ".join(lines), markup=False, highlight=False)
+
+
+def print_recap(console: Console, result: RunResult) -> None:
+    for error in result.errors:
+        console.print(error, style="red", markup=False, highlight=False)
+    table = Table(box=box.SIMPLE, title="Recap", title_justify="left")
+    columns = ("ok", "changed", "failed", "unreachable", "skipped")
+    table.add_column("host")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for host, stats in sorted(result.hosts.items()):
+        table.add_row(host, *(str(getattr(stats, c)) for c in columns))
+    if result.hosts:
+        console.print(table)
+    else:
+        console.print("Recap: no host ran a task", markup=False, highlight=False)
+    console.print(f"Run record: {result.artifact_dir}", markup=False, highlight=False)
+
+
+def _styled(result: str) -> str:
+    color = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red"}.get(result)
+    return f"[{color}]{result}[/{color}]" if color else result
+
+
+def _created(event: Event) -> float:
+    created = event.get("created")
+    return datetime.fromisoformat(created).timestamp() if created else time.time()
+
+
+def _polls(note: str) -> int:
+    return int(note.split()[1]) if note.startswith("poll ") else 0
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

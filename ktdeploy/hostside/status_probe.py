@@ -1,0 +1,521 @@
+"""ktdeploy status probe: runs ON the target host, stdlib only, prints one JSON document.
+
+Shipped by `ktdeploy status` as `python3 - CONFIG_JSON` in a single SSH round trip. It only reads:
+stage records, the recorded plan, download state, the service manager's view of the services, and
+HTTP endpoints on 127.0.0.1 (bounded timeouts). It never changes anything on the host.
+Keep it compatible with Python 3.8 (hosts bring their own python3).
+"""
+
+import configparser
+import glob
+import http.client
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+
+PROBE_VERSION = 1
+DEFAULT_SERVICES = {
+    "api": {"unit": "ktdeploy-api", "port": 10002, "health": "/v1/models"},
+    "webui": {"unit": "ktdeploy-webui", "port": 8080, "health": "/health"},
+}
+DOWNLOAD_LIB_DIR = "/usr/local/lib/ktdeploy"
+SUPERVISOR_CONF = "/etc/supervisor/supervisord.conf"
+SUPERVISOR_LOG = "/var/log/supervisor/supervisord.log"
+MAX_RECORD_BYTES = 65536
+SYSTEMD_PROPS = "Id,LoadState,ActiveState,SubState,Result,NRestarts,MainPID,ExecMainStatus,UnitFileState,ActiveEnterTimestampMonotonic"
+
+
+def main(argv):
+    cfg = json.loads(argv[1]) if len(argv) > 1 else {}
+    state_dir = cfg.get("state_dir", "/var/lib/ktdeploy")
+    out = {"probe_version": PROBE_VERSION, "host": host_info(), "errors": []}
+    out["stages"] = read_stages(state_dir, out["errors"])
+    out["plan"] = read_plan(state_dir, out["stages"], out["errors"])
+    out["download"] = download_state(cfg, state_dir, out["errors"])
+    declared = declared_services(out["stages"])
+    specs = cfg.get("services") or declared or DEFAULT_SERVICES
+    out["services_declared"] = bool(cfg.get("services") or declared)
+    manager = detect_manager(cfg.get("manager", "auto"))
+    out["manager"] = manager
+    out["services"] = service_states(manager, specs, cfg, out["errors"])
+    timeout = float(cfg.get("http_timeout", 3))
+    api = specs.get("api")
+    expected = cfg.get("model") or (api or {}).get("model")
+    out["api"] = check_api(api, expected, timeout) if api else None
+    webui = specs.get("webui")
+    out["webui"] = check_health(webui, timeout) if webui else None
+    out["deep"] = None
+    if cfg.get("deep") and api and out["api"]["ok"]:  # nothing to measure while the API does not answer
+        model = expected or first_model(out["api"])
+        out["deep"] = deep_check(api, model, float(cfg.get("deep_timeout", 60)), int(cfg.get("stream_tokens", 16)))
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+
+
+# --- host, plan, stages ---------------------------------------------------------------------------
+
+
+def host_info():
+    return {
+        "hostname": socket.gethostname(),
+        "uid": os.getuid(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "time": time.time(),
+    }
+
+
+def read_json(path, errors):
+    try:
+        if os.path.getsize(path) > MAX_RECORD_BYTES:
+            errors.append("%s is larger than %d bytes; not read" % (path, MAX_RECORD_BYTES))
+            return None
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        errors.append("cannot read %s: %s" % (path, exc))
+        return None
+
+
+def read_plan(state_dir, stages, errors):
+    """The plan's summary from plan.json, else the plan stage record's settings (scalars only)."""
+    plan = read_json(os.path.join(state_dir, "plan.json"), errors)
+    if not isinstance(plan, dict):
+        record = (stages.get("plan") or {}).get("record")
+        plan = record.get("settings") if isinstance(record, dict) else None
+        if not isinstance(plan, dict):
+            return None
+    if isinstance(plan.get("summary"), dict):
+        return plan["summary"]
+    return {k: v for k, v in plan.items() if isinstance(v, (str, int, float, bool))}
+
+
+def read_stages(state_dir, errors):
+    stages = {}
+    for path in sorted(glob.glob(os.path.join(state_dir, "stages", "*.json"))):
+        name = os.path.basename(path)[: -len(".json")]
+        record = read_json(path, errors)
+        if record is not None:
+            stages[name] = {"record": record, "mtime": os.path.getmtime(path)}
+    return stages
+
+
+def declared_services(stages):
+    """Services named by the serving stage records (see docs/architecture.md, "Services")."""
+    found = {}
+    for stage in stages.values():
+        record = stage["record"] if isinstance(stage["record"], dict) else {}
+        settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
+        services = record.get("services") or settings.get("services")
+        if isinstance(services, dict):
+            for role, spec in services.items():
+                if isinstance(spec, dict) and spec.get("unit"):
+                    found[role] = spec
+    return found
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+def download_state(cfg, state_dir, errors):
+    """Progress of every download, from the download state module the download role installed."""
+    lib = cfg.get("download_lib_dir") or DOWNLOAD_LIB_DIR
+    jobs = cfg.get("downloads_dir") or os.path.join(state_dir, "downloads")
+    path = os.path.join(lib, "download_state.py")
+    if not os.path.isfile(path):
+        return {"state": "unknown", "why": "not known: %s is not installed" % path}
+    try:
+        spec = importlib.util.spec_from_file_location("ktdeploy_download_state", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        downloads = module.status_all(pathlib.Path(jobs))
+    except Exception as exc:  # a broken module must not hide the rest of the status
+        errors.append("download state: %s: %s" % (type(exc).__name__, exc))
+        return {"state": "unknown", "why": "download state module failed: %s" % exc}
+    return {"state": overall_download_state(downloads), "downloads": downloads}
+
+
+def overall_download_state(downloads):
+    phases = {d.get("phase") for d in downloads}
+    for state, among in (("failed", {"failed", "refused"}), ("running", {"planned", "downloading", "verifying"}),
+                         ("stopped", {"interrupted", "unknown"})):
+        if phases & among:
+            return state
+    return "done" if downloads else "none"
+
+
+# --- services -------------------------------------------------------------------------------------
+
+
+def detect_manager(wanted):
+    if wanted in ("systemd", "supervisord", "none"):
+        return wanted
+    if os.path.isdir("/run/systemd/system"):
+        return "systemd"
+    if which("supervisorctl"):
+        return "supervisord"
+    return "none"
+
+
+def which(name):
+    for d in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def run(argv, timeout=10):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                           universal_newlines=True)
+        return p.returncode, p.stdout, p.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, "", str(exc)
+
+
+def service_states(manager, specs, cfg, errors):
+    roles = sorted(specs)
+    units = [specs[r]["unit"] for r in roles]
+    if manager == "systemd":
+        states = systemd_states(units, errors)
+    elif manager == "supervisord":
+        states = supervisord_states(units, cfg, errors)
+    else:
+        states = {u: {"state": "unknown", "why": "no service manager (neither systemd nor supervisord)"} for u in units}
+    out = []
+    for role, unit in zip(roles, units):
+        entry = {"role": role, "unit": unit, "port": specs[role].get("port")}
+        if specs[role].get("log"):
+            entry["log"] = specs[role]["log"]
+        entry.update(states.get(unit, {"state": "unknown"}))
+        out.append(entry)
+    return out
+
+
+def systemd_states(units, errors):
+    if not units:
+        return {}
+    rc, stdout, stderr = run(["systemctl", "show", "--no-pager", "-p", SYSTEMD_PROPS, "--"] + [u + ".service" if "." not in u else u for u in units])
+    if rc != 0:
+        errors.append("systemctl show failed: %s" % stderr.strip())
+        return {}
+    states = {}
+    for unit, props in zip(units, parse_systemctl_show(stdout)):
+        states[unit] = systemd_entry(props)
+    return states
+
+
+def parse_systemctl_show(text):
+    """`systemctl show` output for several units: blocks of KEY=VALUE lines separated by blank lines."""
+    blocks, cur = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if cur:
+                blocks.append(cur)
+                cur = {}
+            continue
+        key, _, value = line.partition("=")
+        cur[key] = value
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def systemd_entry(p):
+    found = p.get("LoadState") not in ("not-found", None)
+    entry = {
+        "found": found,
+        "state": p.get("ActiveState", "unknown") if found else "not-found",
+        "sub": p.get("SubState"),
+        "result": p.get("Result"),
+        "restarts": to_int(p.get("NRestarts")),
+        "pid": to_int(p.get("MainPID")) or None,
+        "exit_status": to_int(p.get("ExecMainStatus")),
+        "enabled": p.get("UnitFileState"),
+    }
+    since = to_int(p.get("ActiveEnterTimestampMonotonic"))
+    if since and entry["state"] == "active":
+        entry["active_for_s"] = round(max(0.0, time.monotonic() - since / 1e6), 1)
+    return entry
+
+
+def to_int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# supervisorctl state -> the systemd vocabulary status evaluates
+SUPERVISOR_STATES = {
+    "RUNNING": ("active", "running"),
+    "STARTING": ("activating", "start"),
+    "BACKOFF": ("activating", "auto-restart"),
+    "STOPPING": ("deactivating", "stop"),
+    "STOPPED": ("inactive", "dead"),
+    "EXITED": ("failed", "exited"),
+    "FATAL": ("failed", "fatal"),
+    "UNKNOWN": ("unknown", "unknown"),
+}
+
+
+def supervisord_states(units, cfg, errors):
+    conf = cfg.get("supervisor_conf") or SUPERVISOR_CONF
+    argv = ["supervisorctl"] + (["-c", conf] if os.path.exists(conf) else []) + ["status"] + list(units)
+    rc, stdout, stderr = run(argv)
+    states = parse_supervisorctl_status(stdout)
+    if not states and rc not in (0, 3):
+        errors.append("supervisorctl status failed: %s" % (stdout.strip() or stderr.strip()))
+    restarts = supervisor_restarts(supervisor_logfile(conf), units, errors)
+    out = {}
+    for unit in units:
+        if unit in states:
+            entry = dict(states[unit])
+            entry["restarts"] = restarts.get(unit, 0)
+        else:
+            entry = {"found": False, "state": "not-found" if states or rc in (0, 3) else "unknown"}
+        out[unit] = entry
+    return out
+
+
+_SUP_LINE = re.compile(r"^(?P<name>\S+)\s+(?P<state>[A-Z]+)\s*(?P<rest>.*)$")
+
+
+def parse_supervisorctl_status(text):
+    states = {}
+    for line in text.splitlines():
+        m = _SUP_LINE.match(line.strip())
+        if not m or m.group("state") not in SUPERVISOR_STATES:
+            continue
+        name = m.group("name").split(":")[-1]
+        state, sub = SUPERVISOR_STATES[m.group("state")]
+        pid = re.search(r"pid (\d+)", m.group("rest"))
+        states[name] = {"found": True, "state": state, "sub": sub, "raw": m.group("state"),
+                        "detail": m.group("rest").strip(), "pid": int(pid.group(1)) if pid else None}
+    return states
+
+
+def supervisor_logfile(conf):
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        parser.read(conf)
+        return parser.get("supervisord", "logfile", fallback=SUPERVISOR_LOG).split(";")[0].strip()
+    except (configparser.Error, OSError):
+        return SUPERVISOR_LOG
+
+
+def supervisor_restarts(logfile, units, errors):
+    """Unexpected exits of each program since supervisord last started (supervisord keeps no count)."""
+    counts = dict.fromkeys(units, 0)
+    try:
+        with open(logfile, errors="replace") as f:
+            lines = f.readlines()[-20000:]
+    except FileNotFoundError:
+        return counts
+    except OSError as exc:
+        errors.append("cannot read %s: %s" % (logfile, exc))
+        return counts
+    return count_unexpected_exits(lines, units)
+
+
+def count_unexpected_exits(lines, units):
+    counts = dict.fromkeys(units, 0)
+    for line in lines:
+        if "supervisord started with pid" in line:
+            counts = dict.fromkeys(units, 0)
+            continue
+        m = re.search(r"exited: (\S+) \(.*not expected\)", line)
+        if m and m.group(1) in counts:
+            counts[m.group(1)] += 1
+    return counts
+
+
+# --- HTTP on 127.0.0.1 ----------------------------------------------------------------------------
+
+
+LOOPBACK_ALIASES = ("", "0.0.0.0", "::", "127.0.0.1", "localhost", None)
+
+
+def address(spec):
+    """Where to reach a service from the host itself: loopback unless it binds one address only."""
+    host = spec.get("host")
+    return "127.0.0.1" if host in LOOPBACK_ALIASES else host.strip("[]")
+
+
+def api_key(spec):
+    """The API key from the service's 0600 environment file (read as root; it never leaves the host)."""
+    path = spec.get("env_file") or "/etc/ktdeploy/%s.env" % spec.get("unit")
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep and key == "KTDEPLOY_API_KEY":
+                    return value.strip().strip("'\"") or None
+    except OSError:
+        return None
+    return None
+
+
+def http_json(spec, method, path, timeout, body=None):
+    """(status, parsed JSON or text, elapsed seconds) or raises OSError/HTTPException."""
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer %s" % (api_key(spec) or "none")}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read(1 << 20).decode("utf-8", "replace")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = raw[:500]
+        return resp.status, data, time.monotonic() - t0
+    finally:
+        conn.close()
+
+
+def check_api(spec, expected, timeout):
+    port = spec.get("port")
+    out = {"address": address(spec), "port": port, "expected_model": expected, "ok": False, "models": [],
+           "listed": False}
+    try:
+        status, data, elapsed = http_json(spec, "GET", "/v1/models", timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        out["error"] = describe_http_error(exc)
+        return out
+    out["status"], out["elapsed_ms"] = status, round(elapsed * 1000, 1)
+    if status != 200:
+        out["error"] = "HTTP %d: %s" % (status, str(data)[:200])
+        return out
+    models = [m.get("id") for m in (data.get("data") or []) if isinstance(m, dict)] if isinstance(data, dict) else []
+    out["models"] = models
+    out["listed"] = (expected in models) if expected else bool(models)
+    out["ok"] = True
+    return out
+
+
+def check_health(spec, timeout):
+    port = spec.get("port")
+    out = {"port": port, "ok": False}
+    try:
+        status, data, elapsed = http_json(spec, "GET", spec.get("health") or "/health", timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        out["error"] = describe_http_error(exc)
+        return out
+    out["status"], out["elapsed_ms"] = status, round(elapsed * 1000, 1)
+    out["ok"] = status == 200
+    if not out["ok"]:
+        out["error"] = "HTTP %d: %s" % (status, str(data)[:200])
+    return out
+
+
+def describe_http_error(exc):
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on the port)"
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+def first_model(api):
+    models = (api or {}).get("models") or []
+    return models[0] if models else None
+
+
+def deep_check(spec, model, timeout, stream_tokens):
+    out = {"model": model}
+    msgs = [{"role": "user", "content": "ping"}]
+    body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
+    try:
+        status, data, elapsed = http_json(spec, "POST", "/v1/chat/completions", timeout, body)
+        finish = None
+        if isinstance(data, dict) and data.get("choices"):
+            finish = data["choices"][0].get("finish_reason")
+        out["completion"] = {"status": status, "finish_reason": finish, "elapsed_s": round(elapsed, 3),
+                             "ok": status == 200 and finish in ("length", "stop")}
+        if status != 200:
+            out["completion"]["error"] = "HTTP %d: %s" % (status, str(data)[:200])
+    except (OSError, http.client.HTTPException) as exc:
+        out["completion"] = {"ok": False, "error": describe_http_error(exc)}
+    out["stream"] = stream_check(spec, model, timeout, stream_tokens)
+    return out
+
+
+def stream_check(spec, model, timeout, max_tokens):
+    """Time to first token and decode tokens/s of one short streamed request, measured here."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Count from one to ten."}]}
+    out = {"ok": False}
+    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
+    t0 = time.monotonic()
+    try:
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "Accept": "text/event-stream",
+                              "Authorization": "Bearer %s" % (api_key(spec) or "none")})
+        resp = conn.getresponse()
+        out["status"] = resp.status
+        if resp.status != 200:
+            out["error"] = "HTTP %d: %s" % (resp.status, resp.read(500).decode("utf-8", "replace"))
+            return out
+        out.update(read_sse(resp, t0, time.monotonic() + timeout))
+    except (OSError, http.client.HTTPException) as exc:
+        out["error"] = describe_http_error(exc)
+    finally:
+        conn.close()
+    return out
+
+
+def read_sse(lines, t0, deadline):
+    """Read an OpenAI chat SSE stream (iterable of byte lines) until [DONE] or the deadline."""
+    t_first = t_last = None
+    deltas, usage, timings, done = 0, None, None, False
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").strip()
+        if time.monotonic() > deadline:
+            return {"error": "stream did not finish in time", "ok": False}
+        if not line.startswith("data:"):
+            continue  # comments (":"), event names, blank separators
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            done = True
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            continue
+        usage = chunk.get("usage") or usage
+        timings = chunk.get("timings") or timings
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("reasoning_content"):
+                now = time.monotonic()
+                t_first = t_first if t_first is not None else now
+                t_last = now
+                deltas += 1
+    out = {"ok": done and t_first is not None, "content_deltas": deltas}
+    if not done:
+        out["error"] = "stream ended without [DONE]"
+    elif t_first is None:
+        out["error"] = "stream carried no tokens"
+    tokens = (usage or {}).get("completion_tokens") or deltas
+    out["completion_tokens"] = tokens
+    if t_first is not None:
+        out["ttft_s"] = round(t_first - t0, 4)
+        if tokens > 1 and t_last > t_first:
+            out["tokens_per_s"] = round((tokens - 1) / (t_last - t_first), 2)
+    if timings and timings.get("predicted_per_second"):
+        out["server_tokens_per_s"] = round(float(timings["predicted_per_second"]), 2)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv)

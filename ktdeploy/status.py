@@ -1,0 +1,308 @@
+"""`ktdeploy status`: run the host-side probe on every host in parallel and judge what it found.
+
+The probe (ktdeploy/hostside/status_probe.py) gathers facts in one SSH round trip; this module turns
+them into checks with a level, a verdict per host and one exit code for the run. The rules and the
+JSON schema are documented in docs/status.md (the schema file is ktdeploy/schemas/status.json).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+
+from ktdeploy import exitcodes
+from ktdeploy.remote import HostResult, on_hosts, run_script
+from ktdeploy.targets import Target
+
+SCHEMA = "ktdeploy-status/1"
+STATE_DIR = "/var/lib/ktdeploy"
+
+# verdicts from best to worst; a host's verdict is its worst check, a run's exit code its worst host
+LEVELS = ("ok", "degraded", "failed", "unreachable")
+EXIT_CODES = {
+    "ok": exitcodes.OK,
+    "degraded": exitcodes.NOT_READY,
+    "failed": exitcodes.FAILED,
+    "unreachable": exitcodes.UNREACHABLE,
+}
+_HEREDOC_END = "KTDEPLOY_STATUS_PROBE_END"
+
+
+@dataclass
+class Check:
+    name: str
+    level: str
+    detail: str
+
+
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    verdict: str
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    elapsed_s: float = 0.0
+    probe: dict | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def summary(self) -> str:
+        """The checks that made the verdict, in one line (or 'all checks passed')."""
+        if self.error:
+            return self.error
+        worst = [c for c in self.checks if c.level == self.verdict and c.level != "ok"]
+        return "; ".join(f"{c.name}: {c.detail}" for c in worst) or "all checks passed"
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "summary": self.summary(),
+            "error": self.error,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "checks": [asdict(c) for c in self.checks],
+            "probe": self.probe,
+        }
+
+
+# --- running the probe ----------------------------------------------------------------------------
+
+
+def probe_config(target: Target, *, deep: bool = False, model: str | None = None) -> dict:
+    hv = target.hostvars
+    cfg: dict = {"state_dir": hv.get("base_state_dir", STATE_DIR), "deep": deep}
+    for key, var in (("download_lib_dir", "model_download_lib_dir"), ("downloads_dir", "model_download_jobs_dir")):
+        if hv.get(var):
+            cfg[key] = hv[var]
+    if model:
+        cfg["model"] = model
+    return cfg
+
+
+def probe_script(cfg: dict) -> str:
+    """A shell script that runs the probe with python3 (through sudo -n when we are not root and may)."""
+    probe = files("ktdeploy.hostside").joinpath("status_probe.py").read_text()
+    assert _HEREDOC_END not in probe
+    return "\n".join(
+        [
+            f"cfg={shlex.quote(json.dumps(cfg))}",
+            "command -v python3 >/dev/null 2>&1 || { echo 'python3 not found on the host' >&2; exit 127; }",
+            as_root_if_possible(f"python3 - \"$cfg\" <<'{_HEREDOC_END}'"),
+            probe.rstrip("\n"),
+            _HEREDOC_END,
+            "",
+        ]
+    )
+
+
+def as_root_if_possible(cmd: str) -> str:
+    """cmd run as root when we are root or may sudo without a password, else as the login user.
+
+    Reading the journal and supervisord's socket needs root; the rest of status works without it.
+    """
+    return f'if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then set -- sudo -n; else set --; fi\nexec "$@" {cmd}'
+
+
+def run_probe(target: Target, cfg: dict, *, connect_timeout: float = 5, timeout: float = 30) -> dict:
+    rc, out, err = run_script(target, probe_script(cfg), timeout=timeout, connect_timeout=connect_timeout)
+    if rc == 127:
+        raise ProbeError("python3 not found on the host; the base role installs it (or install python3)")
+    try:
+        return json.loads(out)
+    except ValueError:
+        tail = (err or out).strip().splitlines()[-3:]
+        raise ProbeError(f"status probe failed (exit {rc}): {' | '.join(tail) or 'no output'}") from None
+
+
+class ProbeError(Exception):
+    """The probe ran but gave no usable answer."""
+
+
+def collect(
+    targets: list[Target],
+    *,
+    deep: bool = False,
+    model: str | None = None,
+    connect_timeout: float = 5,
+) -> list[HostStatus]:
+    """Probe every target in parallel and judge each; one bad host never hides the others."""
+    timeout = 150 if deep else 30
+
+    def one(t: Target) -> tuple[dict, float]:
+        t0 = time.monotonic()
+        probe = run_probe(t, probe_config(t, deep=deep, model=model), connect_timeout=connect_timeout, timeout=timeout)
+        return probe, time.monotonic() - t0
+
+    return [judge(r) for r in on_hosts(targets, one)]
+
+
+def judge(result: HostResult) -> HostStatus:
+    t = result.target
+    if result.unreachable:
+        return HostStatus(t.name, t.host, "unreachable", error=result.error)
+    if not result.ok:
+        return HostStatus(t.name, t.host, "failed", error=result.error)
+    probe, elapsed = result.value
+    checks = evaluate(probe)
+    return HostStatus(t.name, t.host, verdict(checks), checks=checks, elapsed_s=elapsed, probe=probe)
+
+
+# --- judging --------------------------------------------------------------------------------------
+
+
+def worst(levels) -> str:
+    return max(levels, key=LEVELS.index, default="ok")
+
+
+def verdict(checks: list[Check]) -> str:
+    return worst(c.level for c in checks)
+
+
+def exit_code(statuses: list[HostStatus]) -> int:
+    return EXIT_CODES[worst(s.verdict for s in statuses)]
+
+
+def evaluate(probe: dict) -> list[Check]:
+    """The checks for one host's probe output (pure: tested from recorded probe outputs)."""
+    checks = [Check("probe", "degraded", e) for e in probe.get("errors") or []]
+    checks.append(_stages_check(probe.get("stages") or {}))
+    download = _download_check(probe.get("download") or {})
+    if download:
+        checks.append(download)
+    declared = bool(probe.get("services_declared"))
+    services = {s["role"]: s for s in probe.get("services") or []}
+    for role, svc in sorted(services.items()):
+        checks.append(_service_check(role, svc, declared))
+    for role, key in (("api", "api"), ("webui", "webui")):
+        svc = services.get(role)
+        if probe.get(key) is not None and _deployed(svc, declared):
+            checks.append(_endpoint_check(role, probe[key], svc))
+    if probe.get("deep"):
+        checks.extend(_deep_checks(probe["deep"]))
+    return checks
+
+
+def _deployed(svc: dict | None, declared: bool) -> bool:
+    return svc is not None and (declared or svc.get("state") != "not-found")
+
+
+def _stages_check(stages: dict) -> Check:
+    if not stages:
+        return Check("stages", "ok", "no stage records yet")
+    return Check("stages", "ok", "completed: " + ", ".join(sorted(stages)))
+
+
+def _service_check(role: str, svc: dict, declared: bool) -> Check:
+    name = f"service:{role}"
+    state, sub, unit = svc.get("state"), svc.get("sub"), svc.get("unit")
+    restarts = svc.get("restarts") or 0
+    again = f", restarted {restarts}x" if restarts else ""
+    if state == "not-found":
+        if declared:
+            return Check(name, "failed", f"{unit} is missing although the serving stage recorded it")
+        return Check(name, "degraded", f"{unit} not deployed yet")
+    if state in ("active", "reloading"):
+        pid = f", pid {svc['pid']}" if svc.get("pid") else ""
+        return Check(name, "ok", f"{unit} {state} ({sub}){pid}{again}")
+    if state == "activating":
+        if sub == "auto-restart":
+            return Check(name, "degraded", f"{unit} crashed and is waiting to restart{again}")
+        return Check(name, "degraded", f"{unit} starting (waiting for readiness; the model may still be loading){again}")
+    if state == "failed":
+        why = f"result {svc.get('result')}" if svc.get("result") else svc.get("detail") or sub
+        return Check(name, "failed", f"{unit} failed ({why}{again}); see `ktdeploy logs HOST {role}`")
+    if state in ("inactive", "deactivating"):
+        return Check(name, "failed", f"{unit} is stopped ({sub}); start it or re-run provision")
+    return Check(name, "degraded", f"{unit} state unknown: {svc.get('why') or state}")
+
+
+def _endpoint_check(role: str, result: dict, svc: dict | None) -> Check:
+    name = "api" if role == "api" else "webui"
+    where = f"127.0.0.1:{result.get('port')}"
+    if result.get("ok"):
+        took = f" in {result['elapsed_ms']:.0f} ms" if result.get("elapsed_ms") is not None else ""
+        if role != "api":
+            return Check(name, "ok", f"healthy on {where}{took}")
+        expected = result.get("expected_model")
+        if not result.get("listed"):
+            listed = ", ".join(result.get("models") or []) or "no model"
+            want = expected or "a model"
+            return Check(name, "failed", f"/v1/models lists {listed}, not {want}")
+        return Check(name, "ok", f"ready on {where}: {expected or result['models'][0]}{took}")
+    error = result.get("error") or "no answer"
+    if result.get("status") is not None:
+        return Check(name, "failed", f"{where} answered {error}")
+    if svc and svc.get("state") == "failed":
+        return Check(name, "failed", f"down on {where} ({error})")
+    return Check(name, "degraded", f"not answering on {where} ({error}); still loading?")
+
+
+def _deep_checks(deep: dict) -> list[Check]:
+    out = []
+    comp = deep.get("completion") or {}
+    if comp.get("ok"):
+        out.append(Check("completion", "ok", f"1-token completion in {comp.get('elapsed_s')} s ({comp.get('finish_reason')})"))
+    else:
+        why = comp.get("error") or f"finish_reason {comp.get('finish_reason')!r}"
+        out.append(Check("completion", "failed", f"1-token completion failed: {why}"))
+    stream = deep.get("stream") or {}
+    if stream.get("ok"):
+        rate = f", {stream['tokens_per_s']} tok/s" if stream.get("tokens_per_s") else ""
+        out.append(Check("stream", "ok", f"TTFT {stream.get('ttft_s')} s{rate} ({stream.get('completion_tokens')} tokens)"))
+    else:
+        out.append(Check("stream", "failed", f"streamed request failed: {stream.get('error') or 'no answer'}"))
+    return out
+
+
+def _download_check(dl: dict) -> Check | None:
+    state = dl.get("state")
+    if state == "unknown":
+        return Check("download", "ok", dl.get("why") or "download progress unknown")
+    if state in (None, "none"):
+        return None
+    text = "; ".join(_download_line(d) for d in dl.get("downloads") or []) or state
+    if state == "failed":
+        return Check("download", "failed", text)
+    if state == "stopped":
+        return Check("download", "degraded", text + " (re-run `ktdeploy download` to resume)")
+    if state == "running":
+        return Check("download", "degraded", text)
+    return Check("download", "ok", text)
+
+
+def _download_line(d: dict) -> str:
+    """One download as the download state module reports it (docs/architecture.md, "Download status")."""
+    line = f"{d.get('name', 'download')} {d.get('phase', '')}".strip()
+    done, total = d.get("done_bytes"), d.get("total_bytes")
+    if d.get("percent") is not None and total:
+        line += f" {d['percent']:.1f}% ({_gb(done or 0)}/{_gb(total)} GB)"
+    if d.get("rate_bps"):
+        line += f", {d['rate_bps'] / 1e6:.1f} MB/s"
+    if d.get("eta_s"):
+        line += f", ETA {int(d['eta_s'])} s"
+    if d.get("error"):
+        line += f": {d['error']}"
+    return line
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def report(statuses: list[HostStatus], *, deep: bool = False) -> dict:
+    """The `--json` document (schema: ktdeploy/schemas/status.json, documented in docs/status.md)."""
+    return {
+        "schema": SCHEMA,
+        "verdict": worst(s.verdict for s in statuses),
+        "exit_code": exit_code(statuses),
+        "deep": deep,
+        "hosts": [s.to_json() for s in statuses],
+    }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: setup, then every test (lab tests boot hosts, need root).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k lab -x`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh || exit $?
+export PATH="$PWD/.venv/bin:$PATH"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+.venv/bin/python -m pytest tests -p no:cacheprovider "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+
+summary=$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$log" | tail -n 1)
+echo "test.sh: ${summary:-pytest printed no summary line} (exit $rc)"
+if [ "$rc" = 5 ]; then
+  echo "test.sh: pytest collected no tests: that is a failure, not a pass" >&2
+fi
+exit "$rc"

@@ -1,0 +1,22 @@
+"""Fixtures for unit tests that run real playbooks against this machine (local connection)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """Run records (and Ansible's fact cache) go to a temp dir instead of ~/.cache/ktdeploy."""
+    path = tmp_path / "runs"
+    monkeypatch.setenv("KTDEPLOY_RUNS_DIR", str(path))
+    monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN_CONNECTION", str(tmp_path / "facts"))
+    return path
+
+
+@pytest.fixture
+def local_host() -> dict:
+    """Ansible variables for a host that is this machine, reached without SSH."""
+    return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}

@@ -1,0 +1,134 @@
+"""The patch-series applier module of the ktransformers role, run for real with GNU patch."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ktdeploy import build
+from ktdeploy.resources import share_dir
+
+MODULE = share_dir() / "roles" / "ktransformers" / "library" / "ktdeploy_patch_series.py"
+SERIES_ROOT = share_dir() / "patches" / "ktransformers"
+
+spec = importlib.util.spec_from_file_location("ktdeploy_patch_series", MODULE)
+applier = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(applier)
+
+ORIGINAL = "".join(f"line {i}\n" for i in range(1, 31))
+PATCH_A = """Subject: change line 3 and line 25
+
+--- a/src/file.txt
++++ b/src/file.txt
+@@ -1,5 +1,5 @@
+ line 1
+ line 2
+-line 3
++line three
+ line 4
+ line 5
+@@ -23,5 +23,5 @@
+ line 23
+ line 24
+-line 25
++line twenty-five
+ line 26
+ line 27
+"""
+PATCH_B = """--- a/src/other.txt
++++ b/src/other.txt
+@@ -0,0 +1 @@
++new file
+"""
+
+
+def run_module(src, patches, check=False):
+    args = {"ANSIBLE_MODULE_ARGS": {"src": str(src), "patches": patches, "_ansible_check_mode": check}}
+    args_file = Path(src).parent / "module-args.json"
+    args_file.write_text(json.dumps(args))
+    proc = subprocess.run([sys.executable, str(MODULE), str(args_file)], capture_output=True, text=True)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "file.txt").write_text(ORIGINAL)
+    return tmp_path
+
+
+SERIES = [{"name": "0001-a.patch", "content": PATCH_A}, {"name": "0002-b.patch", "content": PATCH_B}]
+
+
+def test_applies_then_skips(tree):
+    first = run_module(tree, SERIES)
+    assert first["changed"] is True and first["applied"] == ["0001-a.patch", "0002-b.patch"]
+    assert "line three" in (tree / "src" / "file.txt").read_text()
+    assert (tree / "src" / "other.txt").read_text() == "new file\n"
+    again = run_module(tree, SERIES)
+    assert again["changed"] is False and again["already_applied"] == ["0001-a.patch", "0002-b.patch"]
+    assert "skipped" not in again  # Ansible would report the whole task as skipped
+    assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
+
+
+def test_check_mode_changes_nothing(tree):
+    result = run_module(tree, SERIES, check=True)
+    assert result["changed"] is True
+    assert (tree / "src" / "file.txt").read_text() == ORIGINAL
+    assert not (tree / "src" / "other.txt").exists()
+
+
+def test_conflict_names_patch_and_hunk_and_touches_nothing(tree):
+    changed = ORIGINAL.replace("line 25\n", "line 25 edited upstream\n")
+    (tree / "src" / "file.txt").write_text(changed)
+    result = run_module(tree, SERIES)
+    assert result["failed"] is True
+    assert result["msg"].startswith("patch 0001-a.patch does not apply: src/file.txt hunk #2")
+    assert "-line 25\n+line twenty-five" in result["msg"]
+    assert (tree / "src" / "file.txt").read_text() == changed
+    assert not (tree / "src" / "other.txt").exists()
+    assert not list(tree.rglob("*.rej"))
+
+
+def test_missing_file_is_named(tree):
+    (tree / "src" / "file.txt").unlink()
+    result = run_module(tree, SERIES[:1])
+    assert result["failed"] is True and "0001-a.patch" in result["msg"]
+    assert "src/file.txt" in result["msg"]
+
+
+def test_missing_tree_is_named(tmp_path):
+    result = run_module(tmp_path / "nope", SERIES)
+    assert result["failed"] is True and "does not exist" in result["msg"]
+
+
+def test_failed_hunks_parses_gnu_patch_output():
+    out = "checking file a/b.cpp\nHunk #1 succeeded at 10.\nHunk #3 FAILED at 175.\n1 out of 3 hunks FAILED\n"
+    assert applier.failed_hunks(out) == [("a/b.cpp", 3, 175)]
+
+
+def test_hunk_text_picks_the_right_file_and_hunk():
+    assert applier.hunk_text(PATCH_A, "src/file.txt", 1).splitlines()[4] == "+line three"
+    assert applier.hunk_text(PATCH_A, "src/file.txt", 2).startswith("@@ -23,5 +23,5 @@")
+    assert applier.hunk_text(PATCH_A + PATCH_B, "src/other.txt", 1) == "@@ -0,0 +1 @@\n+new file"
+
+
+def test_real_series_names_only_existing_patches():
+    for version in ("0.2.1.post1", "v0.2.3post2"):
+        for patch in build.load_series(str(SERIES_ROOT), version):
+            assert patch["content"].count("+++ b/") >= 1
+
+
+@pytest.mark.skipif(not os.environ.get("KTDEPLOY_KT_TREES"), reason="set KTDEPLOY_KT_TREES=DIR:VERSION,... to check real trees")
+def test_series_applies_to_real_trees(tmp_path):
+    for item in os.environ["KTDEPLOY_KT_TREES"].split(","):
+        tree, version = item.rsplit(":", 1)
+        work = tmp_path / version
+        subprocess.run(["cp", "-a", tree, str(work)], check=True)
+        series = build.load_series(str(SERIES_ROOT), version)
+        assert run_module(work, series)["applied"] == [p["name"] for p in series]
+        assert run_module(work, series)["already_applied"] == [p["name"] for p in series]

@@ -1,0 +1,119 @@
+"""`ktdeploy provision`: bad input is refused with exit 2 before anything runs; real runs on this
+machine (local connection) and a refused SSH port on loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ktdeploy.cli import main, provision_cmd
+
+SITE = """
+- name: Provision
+  hosts: all
+  roles:
+    - role: base
+      tags: [base]
+    - {role: python_env, tags: python_env}
+"""
+
+
+@pytest.fixture
+def site_tags(tmp_path, monkeypatch):
+    (tmp_path / "site.yml").write_text(SITE)
+    monkeypatch.setattr(provision_cmd, "playbooks_dir", lambda: tmp_path)
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Fails the test if bad input let anything reach Ansible."""
+    calls = []
+    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda *a, **k: calls.append(a))
+    return calls
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["provision", *args])
+
+
+def test_role_tags_are_read_from_site_yml(site_tags):
+    assert provision_cmd.site_role_tags() == ["base", "python_env"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "no target given"),
+    (["-i", "inv.yml", "host1"], "not both"),
+    (["bad host!"], "cannot read target 'bad host!'"),
+    (["a", "--limit", "b"], "--limit names host(s) not given: b"),
+    (["a", "--only", "base,gpu"], "--only: unknown role(s) gpu"),
+    (["a", "--skip", "nope"], "--skip: unknown role(s) nope"),
+    (["a", "-e", "novalue"], "-e 'novalue' is not KEY=VALUE"),
+])
+def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine_calls):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert engine_calls == []
+
+
+def test_unknown_role_lists_the_valid_ones(site_tags, engine_calls):
+    assert "use roles from playbooks/site.yml: base, python_env" in run("a", "--only", "gpu").output
+
+
+def test_malformed_inventory_exits_2(tmp_path, engine_calls):
+    bad = tmp_path / "hosts.yml"
+    bad.write_text("all:\n  hosts: [unclosed\n")
+    result = run("-i", str(bad))
+    assert result.exit_code == 2 and f"inventory {bad} cannot be read" in result.output
+    assert engine_calls == []
+
+
+def test_limit_naming_a_host_not_in_the_inventory_exits_2(tmp_path, engine_calls):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": {}, "gpu2": {}}}}))
+    result = run("-i", str(inv), "--limit", "gpu3")
+    assert result.exit_code == 2 and "gpu3 not in inventory" in result.output and "gpu1, gpu2" in result.output
+    assert engine_calls == []
+
+
+def test_valid_request_maps_roles_to_tags_and_check_to_check_with_diff(site_tags, engine_calls, monkeypatch):
+    captured = {}
+    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw, pb=pb) or stop())
+    result = run("root@10.0.0.1:2222", "admin@gpu2", "--limit", "10.0.0.1:2222", "--only", "base",
+                 "--skip", "python_env", "-e", "a=1", "--check", "--plain")
+    assert result.exit_code == 99, result.output
+    assert captured["pb"] == "site.yml" and captured["tags"] == ["base"] and captured["skip_tags"] == ["python_env"]
+    assert captured["check"] and captured["diff"] and captured["extravars"] == {"a": "1"}
+    assert list(engine_calls[0][0]["all"]["children"]["ktdeploy"]["hosts"]) == ["10.0.0.1:2222"]
+
+
+def stop():
+    raise SystemExit(99)
+
+
+def test_refused_ssh_exits_3_with_one_line_and_runs_nothing_else(runs_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run(f"root@127.0.0.1:{port}", "--plain")
+    assert result.exit_code == 3, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("127.0.0.1")]
+    assert lines == [f"127.0.0.1: SSH refused the connection on port {port} (fix: start sshd on the host, "
+                     "or name the right port as USER@HOST:PORT)"]
+    assert [p.name.split("-", 1)[1] for p in runs_dir.iterdir()][0].startswith("connect-check")
+    assert len(list(runs_dir.iterdir())) == 1
+
+
+def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
+    result = run("-i", str(inv), "--plain", "--check", "--only", "plan", "-e", "plan_force=true")
+    assert result.exit_code == 0, result.output
+    assert "PLAY Provision ktdeploy hosts" in result.output and "Recap" in result.output
+    site_run = next(p for p in runs_dir.iterdir() if "-site-" in p.name)
+    assert f"Run record: {site_run}" in result.output
+    assert "--check" in (site_run / "command").read_text()

@@ -1,0 +1,79 @@
+"""The status command's own behaviour: input errors, unreachable hosts, --watch rounds and Ctrl-C."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from ktdeploy.cli import main
+from tests.support.probe_env import ctrl_c, free_port
+
+KTDEPLOY = os.path.join(os.path.dirname(sys.executable), "ktdeploy")
+
+
+def test_no_host_and_bad_interval_are_bad_input():
+    r = CliRunner().invoke(main, ["status"])
+    assert r.exit_code == 2 and "no host given" in r.output
+    r = CliRunner().invoke(main, ["status", "h", "--interval", "0.1", "--watch"])
+    assert r.exit_code == 2 and "--interval" in r.output
+
+
+def test_refused_host_is_unreachable_in_table_and_json():
+    spec = f"nobody@127.0.0.1:{free_port()}"
+    r = CliRunner().invoke(main, ["status", spec])
+    assert r.exit_code == 3 and "unreachable" in r.output and "refused" in r.output
+    r = CliRunner().invoke(main, ["status", spec, "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 3 and doc["hosts"][0]["verdict"] == "unreachable" and doc["hosts"][0]["probe"] is None
+
+
+def test_watch_json_prints_a_document_per_round_until_ctrl_c():
+    proc = subprocess.Popen([KTDEPLOY, "status", f"nobody@127.0.0.1:{free_port()}", "--watch", "--json", "--interval", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(lines) < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(json.loads(line))
+    finally:
+        ctrl_c(proc)
+    assert len(lines) == 2 and all(d["verdict"] == "unreachable" for d in lines)
+    assert proc.returncode == 3
+
+
+def test_logs_command_per_manager():
+    from ktdeploy.cli.status_cmd import logs_command
+
+    svcs = [{"role": "api", "unit": "ktdeploy-api"}, {"role": "webui", "unit": "ktdeploy-webui", "log": "/var/log/w.log"}]
+    assert logs_command("systemd", svcs, 50, True) == "journalctl --no-pager -o short-iso -u ktdeploy-api -u ktdeploy-webui -n 50 -f"
+    assert logs_command("supervisord", svcs[:1], 5, True) == "tail -n 5 -F /var/log/ktdeploy/ktdeploy-api.log"
+    assert logs_command("supervisord", svcs, 5, False) == "tail -n 5 /var/log/ktdeploy/ktdeploy-api.log /var/log/w.log"
+
+
+def test_ask_streams_answer_to_stdout_reasoning_apart_and_names_a_missing_key(capsys):
+    from openai import OpenAI
+
+    from ktdeploy.cli.status_cmd import _api_errors, ask
+    from ktdeploy.errors import KtdeployError
+    from tests.support import fake_openai
+
+    srv = fake_openai.serve_in_thread(model="m", api_key="k1")
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        ask(OpenAI(base_url=url, api_key="k1"), "m", "hi", 64, as_json=False, hide_reasoning=False)
+        out, err = capsys.readouterr()
+        assert out.strip() == "Hello! I am a small test model."
+        assert "[reasoning]" in err and "The user wants a greeting." in err and "<think>" not in out + err
+        with pytest.raises(KtdeployError, match="the API wants a key"):
+            with _api_errors("h"):
+                ask(OpenAI(base_url=url, api_key="wrong", max_retries=0), "m", "hi", 8, as_json=True, hide_reasoning=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
