@@ -15,6 +15,7 @@ def main() -> None:
 
 def _register() -> None:
     from ktdeploy.cli import (
+        download_cmd,
         init_cmd,
         lab_cmd,
         plan_cmd,
@@ -24,6 +25,7 @@ def _register() -> None:
     )
 
     for module in (
+        download_cmd,
         init_cmd,
         lab_cmd,
         plan_cmd,

@@ -1,0 +1,1 @@
+../../../ktdeploy/hostside/download_state.py

@@ -1,0 +1,107 @@
+"""`ktdeploy download`: role variables from the catalog, the remote status command, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ktdeploy import downloads, exitcodes
+from ktdeploy.cli import download_cmd as dc
+from ktdeploy.cli import main
+from ktdeploy.hostside import download_state as ds
+from ktdeploy.targets import Target
+
+
+def test_items_come_from_the_catalog():
+    gguf, cfg = downloads.download_items("UD-IQ1_S", "modelscope", "/srv/m")
+    assert gguf["repo"] == "unsloth/DeepSeek-R1-GGUF" and gguf["includes"] == ["DeepSeek-R1-UD-IQ1_S/*"]
+    assert gguf["dest"] == "/srv/m/DeepSeek-R1-GGUF" and gguf["name"] == "DeepSeek-R1-UD-IQ1_S"
+    assert cfg["repo"] == "deepseek-ai/DeepSeek-R1" and cfg["excludes"] == ["*.safetensors"]
+    assert cfg["includes"] == [] and cfg["name"] == downloads.CONFIG_ITEM and cfg["dest"] == "/srv/m/DeepSeek-R1"
+    # the catalog's patterns select exactly the variant's shards, as the client would
+    paths = [f"DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    others = ["DeepSeek-R1-UD-IQ1_M/DeepSeek-R1-UD-IQ1_M-00001-of-00004.gguf", "README.md", "config.json"]
+    assert [p for p in paths + others if ds.selected(p, gguf["includes"], gguf["excludes"])] == paths
+    assert downloads.item_names(None) == ["DeepSeek-R1-UD-IQ1_S", "DeepSeek-R1-config"]
+
+
+def test_the_role_filter_gives_the_same_items():
+    import importlib.util
+
+    from ktdeploy.resources import playbooks_dir
+
+    spec = importlib.util.spec_from_file_location("f", playbooks_dir() / "filter_plugins" / "ktdeploy_download.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    f = mod.FilterModule().filters()["ktdeploy_download_items"]
+    assert f("", "huggingface", "/m") == downloads.download_items(None, "huggingface", "/m")
+
+
+def test_unknown_variant_is_bad_input():
+    from ktdeploy.errors import BadInput
+
+    with pytest.raises(BadInput):
+        dc.download_extravars("UD-IQ0_Z", "modelscope", None, False)
+
+
+def test_extravars_carry_variant_source_endpoint_and_verify():
+    ev = dc.download_extravars("UD-IQ2_XXS", "huggingface", "https://hf-mirror.com", verify=True)
+    assert ev["model_download_source"] == "huggingface" and ev["model_download_rehash"] is True
+    assert ev["model_download_hf_endpoint"] == "https://hf-mirror.com" and ev["plan_model_variant"] == "UD-IQ2_XXS"
+    assert "model_download_modelscope_endpoint" not in ev and ev["plan_force"] is True
+    assert dc.download_extravars(None, "mirror", "/data/mirror", False)["model_download_mirror_url"] == "/data/mirror"
+    assert "plan_model_variant" not in dc.download_extravars(None, "modelscope", None, False)
+
+
+def test_role_defaults_cover_every_endpoint_var():
+    defaults = dc.role_defaults("model_download")
+    assert set(dc.ENDPOINT_VARS.values()) <= set(defaults)
+
+
+def test_status_command_uses_role_defaults_and_host_overrides():
+    t = Target(name="h", host="h")
+    assert dc.status_command(t, ["a"]) == (
+        "python3 /usr/local/lib/ktdeploy/download_state.py --json /var/lib/ktdeploy/downloads a")
+    t2 = Target(name="h", host="h", hostvars={"base_state_dir": "/data/state"})
+    assert "/data/state/downloads" in dc.status_command(t2, [])
+
+
+def _doc(phase, running=False):
+    return {"name": "x", "phase": phase, "running": running, "total_bytes": 10, "done_bytes": 5,
+            "percent": 50.0, "error": None}
+
+
+def test_finished_and_exit_codes():
+    assert not dc.finished({"h": [_doc("downloading", True)]})
+    assert dc.finished({"h": [_doc("complete"), _doc("failed")], "g": "unreachable"})
+    assert dc.snapshot_exit_code({"h": [_doc("complete")]}, waited=True) == exitcodes.OK
+    assert dc.snapshot_exit_code({"h": [_doc("downloading", True)]}, waited=False) == exitcodes.OK
+    assert dc.snapshot_exit_code({"h": [_doc("interrupted")]}, waited=True) == exitcodes.FAILED
+    assert dc.snapshot_exit_code({"h": "SSH connection refused"}, waited=True) == exitcodes.UNREACHABLE
+
+
+def test_describe_names_figures_and_error():
+    line = dc.describe("h", {**_doc("failed"), "total_bytes": 3_000_000_000, "done_bytes": 1_500_000_000,
+                             "error": "error: [E1003] 1 of 3 file(s) failed"})
+    assert line == "h x: failed, 1.5 GB of 3.0 GB (50.0%), error: [E1003] 1 of 3 file(s) failed"
+
+
+def test_mirror_without_endpoint_is_refused_before_anything_runs():
+    r = CliRunner().invoke(main, ["download", "somehost", "--source", "mirror"])
+    assert r.exit_code == exitcodes.BAD_INPUT and "--endpoint" in r.output
+
+
+def test_help_lists_the_options():
+    r = CliRunner().invoke(main, ["download", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--model", "--source", "--wait", "--verify", "--json", "--endpoint"):
+        assert opt in r.output
+
+
+def test_wait_polls_until_every_download_stopped(monkeypatch):
+    snaps = iter([{"h": [_doc("downloading", True)]}, {"h": [_doc("verifying", True)]},
+                  {"h": [{**_doc("complete"), "done_bytes": 10, "percent": 100.0}]}])
+    monkeypatch.setattr(dc, "poll", lambda targets, variant: next(snaps))
+    monkeypatch.setattr(dc, "POLL_SECONDS", 0)
+    final = dc.wait_with_progress([], None, plain=False)
+    assert final["h"][0]["phase"] == "complete"
