@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
-# Rehearse a provisioning run safely: boot a throwaway lab host and provision it (as root).
+# The main job on the built-in demo target: set up this machine, boot a throwaway lab host and
+# provision the cpu-demo on it (llama.cpp serving Gemma 3 270M + Open WebUI, through the same roles,
+# templates and status path as a DeepSeek-R1 host); then `ktdeploy status --deep` and a chat answer.
 # The host stays up to look around (`ktdeploy lab ssh N`); `ktdeploy lab down N` removes it.
+# Give a real server instead with: .venv/bin/ktdeploy provision USER@HOST (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-export PATH="$PWD/.venv/bin:$PATH"
-
-out=$(ktdeploy lab up)
-echo "$out"
-n=$(sed -n 's/^lab\([0-9]\+\) is up.*/\1/p' <<<"$out")
-inventory=$(ktdeploy lab inventory "$n")   # only this host, not other lab hosts that are up
-ktdeploy provision -i "$inventory"
-echo "demo: provisioned lab$n; look around with 'ktdeploy lab ssh $n', remove it with 'ktdeploy lab down $n'"
+exec .venv/bin/ktdeploy lab demo "$@"

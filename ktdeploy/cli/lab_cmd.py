@@ -114,4 +114,37 @@ def inventory(index: int | None) -> None:
     click.echo(lab_.host(index).inventory_path())
 
 
+@lab.command()
+@click.option("--no-webui", is_flag=True, help="Serve the API only (skips Open WebUI's ~1 GB of wheels).")
+def demo(no_webui: bool) -> None:
+    """Boot a lab host and provision the cpu-demo on it: a real model served with no GPU.
+
+    Then shows `ktdeploy status --deep` and a `ktdeploy chat` answer. The host stays up.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ktdeploy.lab import demo as lab_demo
+
+    lab_ = _lab()
+    host = _checked(lambda: lab_.up(keep=True))
+    click.echo(f"{host.name} is up at {host.address}")
+    _checked(lambda: lab_demo.stock_wheelhouse(lab_, host, webui=not no_webui, log=lambda m: click.echo(m, err=True)))
+    extra = {"serve_webui_enabled": False} if no_webui else {}
+    inv = lab_demo.write_inventory(lab_, host, lab_.paths.root / f"demo-{host.name}.yml", **extra)
+    ktdeploy = str(Path(sys.executable).parent / "ktdeploy")
+    steps = [
+        [ktdeploy, "provision", "-i", str(inv), "--profile", "cpu-demo"],
+        [ktdeploy, "status", "-i", str(inv), "--deep"],
+        [ktdeploy, "chat", "-i", str(inv), "--max-tokens", "64", host.name, "Say hello in five words."],
+    ]
+    for argv in steps:
+        click.echo("$ " + " ".join(argv[1:]), err=True)
+        rc = subprocess.call(argv)
+        if rc != 0:
+            raise KtdeployError(f"`{' '.join(argv[1:3])}` exited {rc}; the host stays up: ktdeploy lab ssh {host.index}")
+    click.echo(f"demo: {host.name} serves; inventory {inv}; remove it with `ktdeploy lab down {host.index}`")
+
+
 COMMANDS = [lab]
