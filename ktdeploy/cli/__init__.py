@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from ktdeploy import __version__
@@ -13,27 +15,21 @@ def main() -> None:
     """Provision bare Linux GPU servers into DeepSeek-R1 endpoints, and see where they stand."""
 
 
-def _register() -> None:
-    from ktdeploy.cli import (
-        download_cmd,
-        init_cmd,
-        lab_cmd,
-        plan_cmd,
-        provision_cmd,
-        render_cmd,
-        status_cmd,
-    )
+# One module per command (or group of commands), each exporting COMMANDS.
+_MODULES = (
+    "download_cmd",
+    "init_cmd",
+    "lab_cmd",
+    "plan_cmd",
+    "provision_cmd",
+    "render_cmd",
+    "status_cmd",
+)
 
-    for module in (
-        download_cmd,
-        init_cmd,
-        lab_cmd,
-        plan_cmd,
-        provision_cmd,
-        render_cmd,
-        status_cmd,
-    ):
-        for command in module.COMMANDS:
+
+def _register() -> None:
+    for name in _MODULES:
+        for command in importlib.import_module(f"ktdeploy.cli.{name}").COMMANDS:
             main.add_command(command)
 
 
