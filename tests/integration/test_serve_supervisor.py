@@ -36,8 +36,9 @@ def test_no_systemd_means_supervisord(bare):
     assert host.run("cat /proc/1/comm", timeout=30).stdout.strip() != "systemd"
     record = host.run("cat /var/lib/ktdeploy/stages/serve.json", check=True).stdout
     assert '"service_manager": "supervisord"' in record
-    state, pid = _program(host)
-    assert state == "RUNNING" and pid > 0
+    # supervisord reports STARTING until the program has lived startsecs: poll, bounded.
+    state, pid = wait_for(lambda: (s := _program(host))[0] == "RUNNING" and s, 60, "ktdeploy-api RUNNING")
+    assert pid > 0
     assert [m["id"] for m in on_host_json(host, API + "/models")["data"]] == [MODEL]
     conf = host.run("stat -c '%a %U' /etc/supervisor/conf.d/ktdeploy-api.conf /etc/ktdeploy/ktdeploy-api.env",
                     check=True).stdout.split("\n")

@@ -61,6 +61,9 @@ def make_failed_unit(host) -> None:
     """The API unit exists but its program exits 1 at once: systemd retries, then gives up (failed)."""
     install_unit(host, "ktdeploy-api", unit_text("test API that cannot start", "/bin/false"), start=False)
     host.run("systemctl start ktdeploy-api", timeout=60)
+    # systemd restarts it a few times before giving up: wait (bounded) until it has.
+    host.run("for _ in $(seq 120); do systemctl is-failed -q ktdeploy-api && exit 0; sleep 0.5; done; exit 1",
+             timeout=90, check=True)
     write_stage(host, "base", {"base_data_dir": "/srv/ktdeploy"})
     write_stage(host, "serve", serve_record(10002, None, MODEL))
 
