@@ -79,6 +79,24 @@ class RunResult:
             return exitcodes.FAILED
         return exitcodes.OK
 
+    def failure_lines(self, limit: int = 2000) -> list[str]:
+        """`host: task: message` for each failed task (and failed loop item), read from the run record."""
+        lines = []
+        for path in sorted((self.artifact_dir / "job_events").glob("*.json"),
+                           key=lambda p: int(p.name.split("-", 1)[0]) if p.name[0].isdigit() else 0):
+            try:
+                event = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            data = event.get("event_data") or {}
+            if event.get("event") not in ("runner_on_failed", "runner_on_unreachable") or data.get("ignore_errors"):
+                continue
+            res = data.get("res") or {}
+            msgs = [str(r.get("msg")) for r in res.get("results") or [] if r.get("failed") and r.get("msg")]
+            msgs = msgs or [str(res.get("msg") or res.get("stderr") or "failed")]
+            lines.extend(f"{data.get('host')}: {data.get('task')}: {m[:limit]}" for m in msgs)
+        return lines
+
 
 def runs_dir() -> Path:
     override = os.environ.get("KTDEPLOY_RUNS_DIR")

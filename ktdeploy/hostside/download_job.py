@@ -46,6 +46,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NO_DISK = 1, 2, 5
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 DEFAULT_ENDPOINTS = {"modelscope": "https://modelscope.cn", "huggingface": "https://huggingface.co"}
 HTTP_TIMEOUT = 60
+SESSION_ATTEMPTS = 20
 CHUNK = 1 << 20
 
 
@@ -196,12 +197,13 @@ def session_name(job: dict) -> str:
     return "ktd-dl-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in job["name"])
 
 
-def start_session(job_dir: Path, job: dict, rehash: bool) -> str:
-    name = session_name(job)
-    me = shlex.quote(str(Path(__file__).resolve()))
-    body = (f"{shlex.quote(sys.executable)} {me} run {shlex.quote(str(job_dir))}{' --rehash' if rehash else ''}"
-            f" >>{shlex.quote(str(job_dir / 'log'))} 2>&1; rc=$?; [ -s {shlex.quote(str(job_dir / 'rc'))} ]"
-            f" || echo $rc >{shlex.quote(str(job_dir / 'rc'))}")
+def _start_detached(name: str, body: str, cwd: Path) -> None:
+    """Run `sh -c body` in a detached tmux (else screen) session called `name`.
+
+    `tmux new-session` fails with "server exited unexpectedly" when it reaches the user's tmux server
+    just as that server exits (another download's session ended); that is retried, a bounded number
+    of times.
+    """
     if shutil.which("tmux"):
         subprocess.run(["tmux", "kill-session", "-t", f"={name}"], capture_output=True)
         cmd = ["tmux", "new-session", "-d", "-s", name, "sh", "-c", body]
@@ -209,8 +211,27 @@ def start_session(job_dir: Path, job: dict, rehash: bool) -> str:
         cmd = ["screen", "-dmS", name, "sh", "-c", body]
     else:
         raise JobError("neither tmux nor screen is installed; install one of them (the role does)")
+    why = ""
+    for attempt in range(SESSION_ATTEMPTS):
+        r = subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        why = (r.stderr or r.stdout).strip() or f"exit status {r.returncode}"
+        if "duplicate session" in why:  # another ensure started it a moment ago
+            return
+        time.sleep(0.05 * (attempt + 1))
+    raise JobError(f"{cmd[0]} could not start session {name} ({SESSION_ATTEMPTS} attempts): {why}; "
+                   f"check that `{cmd[0]}` works for this user, then run the role again")
+
+
+def start_session(job_dir: Path, job: dict, rehash: bool) -> str:
+    name = session_name(job)
+    me = shlex.quote(str(Path(__file__).resolve()))
+    body = (f"{shlex.quote(sys.executable)} {me} run {shlex.quote(str(job_dir))}{' --rehash' if rehash else ''}"
+            f" >>{shlex.quote(str(job_dir / 'log'))} 2>&1; rc=$?; [ -s {shlex.quote(str(job_dir / 'rc'))} ]"
+            f" || echo $rc >{shlex.quote(str(job_dir / 'rc'))}")
     (job_dir / "rc").unlink(missing_ok=True)
-    subprocess.run(cmd, check=True, cwd=str(job_dir))
+    _start_detached(name, body, job_dir)
     for _ in range(200):  # until the runner holds the lock (or already finished)
         if ds.runner_alive(job_dir) or (job_dir / "rc").exists():
             break

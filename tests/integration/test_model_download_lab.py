@@ -52,7 +52,7 @@ def host(lab):
     try:
         ready = engine.run_playbook("site.yml", h.inventory_path(), extravars=base_vars(lab),
                                     tags=["base", "python_env"])
-        assert ready.exit_code == 0, ready.errors
+        assert ready.exit_code == 0, failure_text(ready)
         yield h
     finally:
         lab.down(h.index)
@@ -120,7 +120,7 @@ def files_at(host, path: str) -> list[str]:
 
 
 def failure_text(result: engine.RunResult) -> str:
-    return "\n".join(result.errors)
+    return "\n".join(result.errors + result.failure_lines())
 
 
 def test_happy_path_then_rerun_changes_nothing(lab, host, hub):

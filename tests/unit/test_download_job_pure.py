@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import threading
+import time
+
 import pytest
 
 from ktdeploy.hostside import download_job as dj
@@ -76,3 +81,45 @@ def test_local_mirror_needs_sha256sums(tmp_path):
     with pytest.raises(dj.JobError) as err:
         dj.list_mirror(job(source="mirror", endpoint=str(tmp_path)))
     assert "SHA256SUMS" in str(err.value) and err.value.code == dj.EXIT_BAD_INPUT
+
+
+@pytest.mark.skipif(not shutil.which("tmux"), reason="needs tmux")
+def test_sessions_start_while_other_sessions_end(tmp_path, monkeypatch):
+    """Short sessions keep ending (and the tmux server with them) while ours start: tmux's
+    "server exited unexpectedly" is retried, so every one of ours starts."""
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path))  # a private tmux server, not the user's
+    monkeypatch.delenv("TMUX", raising=False)
+    stop = threading.Event()
+
+    def churn() -> None:
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            subprocess.run(["tmux", "new-session", "-d", "-s", f"churn{i}", "true"], capture_output=True)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for i in range(40):
+            dj._start_detached(f"t{i}", f"echo {i} >{tmp_path}/{i}", tmp_path)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(list(tmp_path.glob("[0-9]*"))) < 40:
+        time.sleep(0.1)
+    subprocess.run(["tmux", "kill-server"], capture_output=True)
+    assert len(list(tmp_path.glob("[0-9]*"))) == 40
+
+
+def test_a_session_that_cannot_start_is_a_clear_error(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tmux"
+    fake.write_text("#!/bin/sh\necho 'no server socket' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(dj, "SESSION_ATTEMPTS", 2)
+    with pytest.raises(dj.JobError) as err:
+        dj._start_detached("x", "true", tmp_path)
+    assert "could not start session x (2 attempts): no server socket" in str(err.value)

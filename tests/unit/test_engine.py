@@ -31,6 +31,11 @@ PLAYBOOK = """
       ansible.builtin.fail:
         msg: asked to fail
       when: fail_now | default(false) | bool
+    - name: Fail one loop item when asked to
+      ansible.builtin.fail:
+        msg: "item {{ item }} failed"
+      loop: [a, b]
+      when: fail_item | default('') == item
 """
 
 
@@ -52,7 +57,7 @@ def test_first_run_changes_and_second_run_is_idempotent(play, inventory, runs_di
     inv, out = inventory
     first = engine.run_playbook(play, inv)
     assert first.status == "successful" and first.rc == 0
-    assert (first.hosts["here"].ok, first.hosts["here"].changed, first.hosts["here"].skipped) == (2, 2, 1)
+    assert (first.hosts["here"].ok, first.hosts["here"].changed, first.hosts["here"].skipped) == (2, 2, 2)
     assert first.exit_code == exitcodes.OK
     assert (out / "first.txt").read_text() == "first none\n"
     second = engine.run_playbook(play, inv)
@@ -88,7 +93,16 @@ def test_extravars_reach_the_play_and_events_reach_the_handler(play, inventory, 
     assert result.failed_hosts == ["here"] and result.exit_code == exitcodes.FAILED
     assert seen[0] == "playbook_on_start" and seen[-1] == "playbook_on_stats"
     assert "runner_on_failed" in seen
+    assert result.failure_lines() == ["here: Fail when asked to: asked to fail"]
     assert list(scratch.iterdir()) == []
+
+
+def test_failure_lines_name_the_failed_loop_item(play, inventory, runs_dir):
+    inv, _ = inventory
+    result = engine.run_playbook(play, inv, extravars={"fail_item": "b"})
+    assert result.failure_lines() == ["here: Fail one loop item when asked to: item b failed"]
+    ok = engine.run_playbook(play, inv)
+    assert ok.exit_code == exitcodes.OK and ok.failure_lines() == []
 
 
 def test_unreachable_host_gives_exit_code_3(play, inventory, runs_dir):
