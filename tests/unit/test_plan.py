@@ -107,6 +107,18 @@ EXPECTED = {
         problems=["ram_below_minimum", "disk_full", "no_gpu"],
         warnings={"vm_cpus"},
     ),
+    # Recorded on the team's GPU machine (a KVM guest, no systemd): the GPU and RAM fit, the 64 GiB
+    # disk does not; one NUMA node, so no NUMA build.
+    "h200-ubuntu2404-16vcpu": dict(
+        cpu=cpu("Intel(R) Xeon(R) Processor", 1, 16, 1, 16, 16, None, 1, True, True),
+        memory_gib=125.9,
+        gpus=[("NVIDIA H200", 143771, "9.0")],
+        build=build(False, "FANCY", "9.0", 16),
+        serve=serve(17, SINGLE, 61, "supervisord"),
+        disk_needed=FULL,
+        problems=["disk_full"],
+        warnings={"ram_below_model", "amx_unused", "vm_cpus"},
+    ),
     # 8 GPUs: the two-GPU rule, six idle; Zen 2 has no AVX-512.
     "dgx-a100-8gpu": dict(
         cpu=cpu("AMD EPYC 7742 64-Core Processor", 2, 64, 2, 128, 128, None, 2, False, False),
