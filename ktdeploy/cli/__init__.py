@@ -1,4 +1,5 @@
-"""The `ktdeploy` command: a click group; each subcommand lives in its own module here."""
+"""The `ktdeploy` command: a click group; each subcommand lives in its own module here, imported
+only when that command runs (so `ktdeploy status` does not pay for Ansible, rich tables or the lab)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,34 @@ import click
 
 from ktdeploy import __version__
 
+# Command name → the module defining it (each module also exports COMMANDS, the list it defines).
+_COMMANDS = {
+    "chat": "status_cmd",
+    "download": "download_cmd",
+    "facts": "plan_cmd",
+    "init": "init_cmd",
+    "lab": "lab_cmd",
+    "logs": "status_cmd",
+    "preflight": "plan_cmd",
+    "provision": "provision_cmd",
+    "render": "render_cmd",
+    "status": "status_cmd",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in _COMMANDS:
+            module = importlib.import_module(f"ktdeploy.cli.{_COMMANDS[name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return self.commands.get(name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ktdeploy")
 def main() -> None:
     """Provision bare Linux GPU servers into DeepSeek-R1 endpoints, and see where they stand."""
-
-
-# One module per command (or group of commands), each exporting COMMANDS.
-_MODULES = (
-    "download_cmd",
-    "init_cmd",
-    "lab_cmd",
-    "plan_cmd",
-    "provision_cmd",
-    "render_cmd",
-    "status_cmd",
-)
-
-
-def _register() -> None:
-    for name in _MODULES:
-        for command in importlib.import_module(f"ktdeploy.cli.{name}").COMMANDS:
-            main.add_command(command)
-
-
-_register()
