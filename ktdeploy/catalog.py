@@ -41,7 +41,8 @@ class Variant:
     min_ram_gib: int
     legacy_ktransformers: bool
     min_kt_version: str
-    repo: Repo
+    repo: Repo | None
+    packaged: bool = False  # brought by a PyPI package: nothing to download, llama.cpp only
 
     @property
     def dir(self) -> str:
@@ -54,6 +55,8 @@ class Variant:
 
     @property
     def files(self) -> tuple[str, ...]:
+        if self.packaged:
+            return ()
         n = self.shards
         return tuple(f"{self.dir}/{self.dir}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1))
 
@@ -63,6 +66,9 @@ class Variant:
 
     def gguf_dir(self, model_dir: str) -> str:
         """The directory holding this variant's shards on a host (KTransformers' --gguf_path)."""
+        if self.repo is None:
+            raise BadInput(f"{self.name} comes from a PyPI package, not from the GGUF repo",
+                           hint="its path on the host is serve_llamacpp_model")
         return str(PurePosixPath(model_dir) / self.repo.local_dir / self.dir)
 
 
@@ -77,7 +83,12 @@ def _repo(d: dict) -> Repo:
 
 
 def names() -> list[str]:
+    """The DeepSeek-R1 GGUF variants (downloadable)."""
     return list(_data()["variants"])
+
+
+def packaged_names() -> list[str]:
+    return list(_data().get("packaged_models") or {})
 
 
 def default_variant() -> str:
@@ -92,9 +103,13 @@ def variant(name: str | None = None) -> Variant:
     name = name or default_variant()
     data = _data()
     entry = data["variants"].get(name)
-    if entry is None:
-        raise BadInput(f"unknown model variant {name!r}", hint=f"use one of: {', '.join(names())}")
-    return Variant(name=name, repo=_repo(data["gguf_repo"]), **entry)
+    if entry is not None:
+        return Variant(name=name, repo=_repo(data["gguf_repo"]), **entry)
+    packaged = (data.get("packaged_models") or {}).get(name)
+    if packaged is not None:
+        return Variant(name=name, shards=1, legacy_ktransformers=False, min_kt_version="", repo=None,
+                       packaged=True, **packaged)
+    raise BadInput(f"unknown model variant {name!r}", hint=f"use one of: {', '.join(names() + packaged_names())}")
 
 
 def config_repo() -> Repo:

@@ -20,6 +20,11 @@ def download_items(variant_name: str | None, source: str, model_dir: str) -> lis
     from ktdeploy import catalog  # imported here: every CLI command loads this module
 
     v = catalog.variant(variant_name or None)
+    if v.packaged:
+        from ktdeploy.errors import BadInput
+
+        raise BadInput(f"{v.name} comes from a PyPI package; there is nothing to download",
+                       hint=f"choose one of the GGUF variants: {', '.join(catalog.names())}")
     cfg = catalog.config_repo()
     key = "huggingface" if source == "huggingface" else "modelscope"
     root = PurePosixPath(model_dir)

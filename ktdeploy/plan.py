@@ -135,6 +135,7 @@ class Plan:
             },
             "model": {
                 "variant": self.variant.name,
+                "source": "package" if self.variant.packaged else "gguf_repo",
                 "bytes": self.variant.bytes,
                 "files": list(self.variant.files),
                 "min_ram_gib": self.variant.min_ram_gib,
@@ -212,6 +213,8 @@ def n_gpu_layers(gpus: tuple[Gpu, ...], model_bytes: int) -> int:
 
 def present_bytes(facts: Facts, variant: catalog.Variant) -> int:
     """Bytes of the variant's shards already on the host, partial downloads included."""
+    if variant.repo is None:
+        return 0
     root = variant.repo.local_dir
     total = 0
     for rel in variant.files:
@@ -238,7 +241,7 @@ def make_plan(
     cpus = effective_cpus(facts)
     memory = effective_memory(facts)
     present = present_bytes(facts, var)
-    to_download = var.bytes - present + (catalog.config_repo().approx_bytes or 0)
+    to_download = var.bytes - present + (0 if var.packaged else catalog.config_repo().approx_bytes or 0)
     problems: list[Finding] = []
     warnings: list[Finding] = []
 
@@ -357,7 +360,7 @@ def _check_hardware(plan: Plan, problems: list[Finding], warnings: list[Finding]
                 "directory at a bigger disk",
             )
         )
-    if f.cpu.amx:
+    if f.cpu.amx and plan.engine == "ktransformers":
         warnings.append(
             Finding(
                 "amx_unused",
@@ -392,7 +395,15 @@ def _check_ktransformers(plan: Plan, version: Version, problems: list[Finding], 
                 "nvidia-smi did not report the GPUs' compute capability: upgrade the NVIDIA driver (510 or newer)",
             )
         )
-    if not var.legacy_ktransformers:
+    if var.packaged:
+        problems.append(
+            Finding(
+                "unsupported_variant",
+                f"{var.name} is a small packaged model for the llama.cpp engine (the cpu-demo); KTransformers "
+                f"serves DeepSeek-R1: choose one of {', '.join(catalog.names())}, or the llama.cpp engine",
+            )
+        )
+    elif not var.legacy_ktransformers:
         problems.append(
             Finding(
                 "unsupported_variant",
@@ -441,7 +452,7 @@ def _check_quotas(plan: Plan, warnings: list[Finding]) -> None:
                 f"{_gib(f.mem_total_bytes)} GiB: planning with the limit (page cache counts against it too)",
             )
         )
-    if cpu.hypervisor and cpu.threads_per_core == 1 and f.cpu_quota is None:
+    if cpu.hypervisor and cpu.threads_per_core == 1 and f.cpu_quota is None and plan.engine == "ktransformers":
         warnings.append(
             Finding(
                 "vm_cpus",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ktdeploy import catalog, facts, plan
+from ktdeploy import catalog, downloads, facts, plan
 from ktdeploy.errors import BadInput
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "facts"
@@ -279,7 +279,7 @@ def test_gpu_below_14_gib_and_no_gpu():
     p = plan.make_plan(none)
     assert [x.code for x in p.problems] == ["no_gpu"] and p.torch_cuda_arch_list is None and p.optimize_rule is None
     cpu_only = plan.make_plan(none, engine="llama.cpp")
-    assert cpu_only.fits and {w.code for w in cpu_only.warnings} == {"amx_unused", "cpu_only"}
+    assert cpu_only.fits and {w.code for w in cpu_only.warnings} == {"cpu_only"}  # amx_unused is about KTransformers
 
 
 def test_gpu_without_compute_capability():
@@ -314,6 +314,30 @@ def test_unknown_engine_and_variant_are_bad_input():
         plan_of("spr-8480-snc2-h100", engine="vllm")
     with pytest.raises(BadInput, match="UD-IQ1_S, UD-IQ1_M"):
         plan_of("spr-8480-snc2-h100", "IQ1_S")
+
+
+def test_the_demo_model_fits_the_ci_machine_on_llama_cpp():
+    p = plan_of("ci-kvm-2cpu-nogpu", "gemma3-270m", engine="llama.cpp")
+    assert p.fits and [w.code for w in p.warnings] == ["cpu_only"]
+    d = p.to_dict()["model"]
+    assert d["source"] == "package" and d["files"] == [] and d["to_download_bytes"] == 253_113_024
+    assert d["present_bytes"] == 0 and d["min_ram_gib"] == 1
+
+
+def test_the_demo_model_is_refused_on_ktransformers_and_by_downloads():
+    p = plan_of("spr-8480-snc2-h100", "gemma3-270m")
+    assert [x.code for x in p.problems] == ["unsupported_variant"]
+    assert "llama.cpp engine" in p.problems[0].message
+    with pytest.raises(BadInput, match="nothing to download"):
+        downloads.download_items("gemma3-270m", "modelscope", "/m")
+    with pytest.raises(BadInput, match="PyPI package"):
+        catalog.variant("gemma3-270m").gguf_dir("/m")
+
+
+def test_the_demo_model_still_needs_some_ram_and_disk():
+    tiny = plan.make_plan(facts_of("ci-kvm-2cpu-nogpu", memory_max=f"{512 * 2**20}\n",
+                                   df_txt="Avail Mounted on\n100000000 /\n"), "gemma3-270m", engine="llama.cpp")
+    assert [x.code for x in tiny.problems] == ["ram_below_minimum", "disk_full"]
 
 
 # --- smaller rules -------------------------------------------------------------------------------

@@ -21,7 +21,14 @@ def run(*args):
 
 
 def test_commands_are_registered():
-    assert {"facts", "preflight"} <= set(main.commands)
+    assert {"facts", "preflight"} <= set(main.list_commands(None))
+
+
+def test_preflight_sizes_the_demo_model():
+    r = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["preflight", "--facts", str(FIXTURES / "ci-kvm-2cpu-nogpu"),
+                                                      "--model", "gemma3-270m", "--engine", "llama.cpp"])
+    assert r.exit_code == 0, r.output
+    assert "gemma3-270m on llama.cpp (fits)" in r.output and "0.2 GiB from a PyPI package" in r.output
 
 
 def test_fitting_plan_shows_the_table_and_exits_0():
