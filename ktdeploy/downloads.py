@@ -13,18 +13,16 @@ CONFIG_ITEM = "DeepSeek-R1-config"
 
 
 def download_items(variant_name: str | None, source: str, model_dir: str) -> list[dict]:
-    """The variant's GGUF shards and the DeepSeek-R1 config files without the weights.
+    """The variant's GGUF shards and the DeepSeek-R1 config files without the weights (none for a
+    packaged model).
 
     Mirrors are laid out like ModelScope (`<owner>/<name>/...`), so they use its repo ids.
     """
     from ktdeploy import catalog  # imported here: every CLI command loads this module
 
     v = catalog.variant(variant_name or None)
-    if v.packaged:
-        from ktdeploy.errors import BadInput
-
-        raise BadInput(f"{v.name} comes from a PyPI package; there is nothing to download",
-                       hint=f"choose one of the GGUF variants: {', '.join(catalog.names())}")
+    if v.packaged:  # the serve role installs its package
+        return []
     cfg = catalog.config_repo()
     key = "huggingface" if source == "huggingface" else "modelscope"
     root = PurePosixPath(model_dir)

@@ -130,6 +130,8 @@ def download_state(cfg, state_dir, errors):
     jobs = cfg.get("downloads_dir") or os.path.join(state_dir, "downloads")
     path = os.path.join(lib, "download_state.py")
     if not os.path.isfile(path):
+        if not os.path.isdir(jobs):  # the model_download role never ran here (e.g. a packaged model)
+            return {"state": "none", "why": "no download was set up on this host"}
         return {"state": "unknown", "why": "not known: %s is not installed" % path}
     try:
         spec = importlib.util.spec_from_file_location("ktdeploy_download_state", path)

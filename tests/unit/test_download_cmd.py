@@ -44,6 +44,14 @@ def test_unknown_variant_is_bad_input():
         dc.download_extravars("UD-IQ0_Z", "modelscope", None, False)
 
 
+def test_packaged_model_has_nothing_to_download():
+    from ktdeploy.errors import BadInput
+
+    with pytest.raises(BadInput, match="nothing to download") as err:
+        dc.download_extravars("gemma3-270m", "modelscope", None, False)
+    assert "UD-IQ1_S" in err.value.hint
+
+
 def test_extravars_carry_variant_source_endpoint_and_verify():
     ev = dc.download_extravars("UD-IQ2_XXS", "huggingface", "https://hf-mirror.com", verify=True)
     assert ev["model_download_source"] == "huggingface" and ev["model_download_rehash"] is True

@@ -42,7 +42,7 @@ def test_probe_reads_stages_plan_and_checks_api_and_webui(tmp_path, server):
     assert deep["completion"]["ok"] and deep["completion"]["finish_reason"] == "length"
     assert deep["stream"]["ok"] and deep["stream"]["completion_tokens"] == 16
     assert 0 < deep["stream"]["ttft_s"] < 5 and deep["stream"]["tokens_per_s"] > 0
-    assert out["download"]["state"] == "unknown"
+    assert out["download"]["state"] == "none"  # no jobs directory
     checks = {c.name: c.level for c in st.evaluate(out)}
     assert checks["api"] == checks["webui"] == checks["stream"] == "ok"
 
@@ -114,6 +114,9 @@ def test_download_module_on_the_host_is_called_and_its_failure_contained(tmp_pat
     (lib / "download_state.py").write_text("def status_all(d):\n    1/0\n")
     out = run_probe_locally(cfg)
     assert out["download"]["state"] == "unknown" and any("ZeroDivisionError" in e for e in out["errors"])
+    out = run_probe_locally(dict(cfg, download_lib_dir=str(tmp_path / "absent")))
+    assert out["download"] == {"state": "none", "why": "no download was set up on this host"}
+    (tmp_path / "downloads").mkdir()
     out = run_probe_locally(dict(cfg, download_lib_dir=str(tmp_path / "absent")))
     assert out["download"]["state"] == "unknown" and "download_state.py is not installed" in out["download"]["why"]
 
