@@ -41,8 +41,12 @@ class Variant:
     min_ram_gib: int
     legacy_ktransformers: bool
     min_kt_version: str
-    repo: Repo | None
-    packaged: bool = False  # brought by a PyPI package: nothing to download, llama.cpp only
+    repo: Repo | None  # None: a packaged model
+
+    @property
+    def packaged(self) -> bool:
+        """Brought by a PyPI package: nothing to download, llama.cpp only."""
+        return self.repo is None
 
     @property
     def dir(self) -> str:
@@ -66,7 +70,7 @@ class Variant:
 
     def gguf_dir(self, model_dir: str) -> str:
         """The directory holding this variant's shards on a host (KTransformers' --gguf_path)."""
-        if self.repo is None:
+        if self.packaged:
             raise BadInput(f"{self.name} comes from a PyPI package, not from the GGUF repo",
                            hint="its path on the host is serve_llamacpp_model")
         return str(PurePosixPath(model_dir) / self.repo.local_dir / self.dir)
@@ -107,8 +111,7 @@ def variant(name: str | None = None) -> Variant:
         return Variant(name=name, repo=_repo(data["gguf_repo"]), **entry)
     packaged = (data.get("packaged_models") or {}).get(name)
     if packaged is not None:
-        return Variant(name=name, shards=1, legacy_ktransformers=False, min_kt_version="", repo=None,
-                       packaged=True, **packaged)
+        return Variant(name=name, shards=1, legacy_ktransformers=False, min_kt_version="", repo=None, **packaged)
     raise BadInput(f"unknown model variant {name!r}", hint=f"use one of: {', '.join(names() + packaged_names())}")
 
 

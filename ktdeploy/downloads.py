@@ -35,4 +35,12 @@ def download_items(variant_name: str | None, source: str, model_dir: str) -> lis
 
 
 def item_names(variant_name: str | None) -> list[str]:
-    return [i["name"] for i in download_items(variant_name, "modelscope", "/")]
+    """The job names `ktdeploy download` reads back; a packaged model has none, which is bad input there."""
+    names = [i["name"] for i in download_items(variant_name, "modelscope", "/")]
+    if not names:
+        from ktdeploy import catalog
+        from ktdeploy.errors import BadInput
+
+        raise BadInput(f"{variant_name} comes from a PyPI package that provisioning installs; there is nothing to "
+                       "download", hint=f"name a GGUF variant with --model: {', '.join(catalog.names())}")
+    return names

@@ -213,7 +213,7 @@ def n_gpu_layers(gpus: tuple[Gpu, ...], model_bytes: int) -> int:
 
 def present_bytes(facts: Facts, variant: catalog.Variant) -> int:
     """Bytes of the variant's shards already on the host, partial downloads included."""
-    if variant.repo is None:
+    if variant.packaged:
         return 0
     root = variant.repo.local_dir
     total = 0

@@ -15,7 +15,7 @@ from functools import cache
 import click
 import yaml
 
-from ktdeploy import catalog, downloads, exitcodes
+from ktdeploy import downloads, exitcodes
 from ktdeploy.errors import BadInput
 from ktdeploy.resources import roles_dir
 from ktdeploy.targets import Target
@@ -39,23 +39,15 @@ def download_extravars(variant_name: str | None, source: str, endpoint: str | No
     """
     out = {"model_download_source": source, "model_download_rehash": verify, "plan_force": True}
     if variant_name:
-        _names_or_refuse(variant_name)  # an unknown or packaged variant is bad input before anything runs
+        downloads.item_names(variant_name)  # an unknown or packaged variant is bad input before anything runs
         out["plan_model_variant"] = variant_name
     if endpoint:
         out[ENDPOINT_VARS[source]] = endpoint
     return out
 
 
-def _names_or_refuse(variant_name: str | None) -> list[str]:
-    names = downloads.item_names(variant_name)
-    if not names:
-        raise BadInput(f"{variant_name} comes from a PyPI package that provisioning installs; there is nothing to "
-                       "download", hint=f"name a GGUF variant with --model: {', '.join(catalog.names())}")
-    return names
-
-
 def item_names(target: Target, variant_name: str | None) -> list[str]:
-    return _names_or_refuse(variant_name or target.hostvars.get("plan_model_variant") or None)
+    return downloads.item_names(variant_name or target.hostvars.get("plan_model_variant") or None)
 
 
 def _host_setting(target: Target, name: str, owner: str) -> str:
