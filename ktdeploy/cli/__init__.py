@@ -8,6 +8,7 @@ import importlib
 import click
 
 from ktdeploy import __version__
+from ktdeploy.errors import KtdeployError
 
 # Command name → the module defining it (each module also exports COMMANDS, the list it defines).
 _COMMANDS = {
@@ -24,7 +25,21 @@ _COMMANDS = {
 }
 
 
+class _ShownError(click.ClickException):
+    """A KtdeployError as Click shows errors: `Error: <message>` on stderr, its exit code."""
+
+    def __init__(self, exc: KtdeployError):
+        super().__init__(exc.message)
+        self.exit_code = exc.exit_code
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KtdeployError as exc:
+            raise _ShownError(exc) from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,22 @@ def test_sample_inventory_parses_and_has_a_host():
     data = yaml.safe_load((REPO / "inventory" / "sample" / "hosts.yml").read_text())
     hosts = data["all"]["children"]["ktdeploy"]["hosts"]
     assert hosts and all("ansible_host" in v for v in hosts.values())
+
+
+# Modules the filter plugins may import beside ansible-core's own needs (jinja2, pyyaml, packaging):
+# plain `ansible-playbook` on a controller (or a GPU host converging itself) has no Click, rich or Fabric.
+_CLI_ONLY = ("click", "rich", "fabric", "paramiko", "ansible_runner", "openai")
+
+
+@pytest.mark.parametrize("plugin", sorted((REPO / "playbooks" / "filter_plugins").glob("*.py")), ids=lambda p: p.name)
+def test_filter_plugin_loads_without_cli_libraries(plugin):
+    blocker = (
+        "import sys\n"
+        f"for name in {_CLI_ONLY!r}:\n"
+        "    sys.modules[name] = None\n"
+        "import runpy\n"
+        f"ns = runpy.run_path({str(plugin)!r})\n"
+        "assert ns['FilterModule']().filters()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocker], cwd="/", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
