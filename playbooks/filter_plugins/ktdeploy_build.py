@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 try:
-    from ktdeploy import build
+    from ktdeploy import attention_route, build
 except ImportError:  # plain ansible-playbook from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ktdeploy import build
+    from ktdeploy import attention_route, build
 
 from ansible.errors import AnsibleFilterError
 
@@ -18,12 +18,16 @@ def _wrap(fn):
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except build.BuildSettingsError as exc:
+        except (build.BuildSettingsError, attention_route.RouteError) as exc:
             raise AnsibleFilterError(str(exc)) from exc
 
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     return call
+
+
+def _flash_attn_route(env, mode, wheel=""):
+    return attention_route.choose(mode, env, wheel or "").to_dict()
 
 
 def _stamp(env, source, patches, torch_version):
@@ -48,4 +52,7 @@ class FilterModule:
             "ktdeploy_source_problem": _wrap(build.source_problem),
             "ktdeploy_known_sdist_sha256": lambda version: build.KNOWN_SDIST_SHA256.get(build.version_dir(version), ""),
             "ktdeploy_known_tag_commit": lambda tag: build.KNOWN_TAG_COMMITS.get(tag, ""),
+            "ktdeploy_flash_attn_route": _wrap(_flash_attn_route),
+            "ktdeploy_attention_probe": lambda _: attention_route.PROBE,
+            "ktdeploy_attention_shim_version": lambda _: attention_route.SHIM_VERSION,
         }
