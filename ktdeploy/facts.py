@@ -12,6 +12,8 @@ Pure parsing, no I/O beyond reading and writing a facts directory. The directory
     memory.max       cgroup v2 memory.max ("max" or bytes)                      (optional)
     systemd          present iff /run/systemd/system exists on the host         (optional)
     model-files.txt  "<bytes> <path>" of *.gguf* files under the model dir      (optional)
+    python-env.json  torch, CUDA, Python, C++ ABI and flash-attn of the Python env KTransformers
+                     will use (ktdeploy.attention_route.PROBE)        (optional: only when one exists)
 
 The first eight are the files of the plan issue; `model-files.txt` is ktdeploy's addition so the disk
 check counts only what is still to download. On cgroup v1 hosts the facts script writes the v1 limits
@@ -21,6 +23,7 @@ in the v2 format.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from pathlib import Path
 from ktdeploy.errors import BadInput
 
 REQUIRED = ("lscpu.txt", "meminfo.txt", "os-release.txt", "df.txt")
-OPTIONAL = ("nvidia-smi.csv", "cpu.max", "memory.max", "systemd", "model-files.txt")
+OPTIONAL = ("nvidia-smi.csv", "cpu.max", "memory.max", "systemd", "model-files.txt", "python-env.json")
 FILES = REQUIRED + OPTIONAL
 
 _SCRIPT = Path(__file__).parent / "data" / "facts.sh"
@@ -96,11 +99,18 @@ class Facts:
     systemd: bool = False
     model_files: dict[str, int] = field(default_factory=dict)  # path under the model dir -> bytes
     errors: dict[str, str] = field(default_factory=dict)  # optional facts whose command failed
+    python_env: dict | None = None  # the env's torch etc. (attention_route.PROBE); None: no env yet
 
 
-def facts_script(model_dir: str) -> str:
-    """The batched facts script (bash) for a host whose models live in model_dir."""
-    return f"model_dir={shlex.quote(model_dir)}\n" + _SCRIPT.read_text(encoding="utf-8")
+def facts_script(model_dir: str, python_env: str = "") -> str:
+    """The batched facts script (bash) for a host whose models live in model_dir.
+
+    python_env: the interpreter of the env KTransformers will run in; probed when it exists.
+    """
+    from ktdeploy.attention_route import PROBE
+
+    head = f"model_dir={shlex.quote(model_dir)}\npython_env={shlex.quote(python_env or '')}\n"
+    return head + f"attention_probe={shlex.quote(PROBE)}\n" + _SCRIPT.read_text(encoding="utf-8")
 
 
 def parse_stream(stdout: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -180,7 +190,16 @@ def parse(raw: dict[str, str], errors: dict[str, str] | None = None) -> Facts:
         systemd="systemd" in raw,
         model_files=parse_model_files(raw.get("model-files.txt", "")),
         errors=dict(errors or {}),
+        python_env=parse_python_env(raw["python-env.json"]) if "python-env.json" in raw else None,
     )
+
+
+def parse_python_env(text: str) -> dict | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise _bad("python-env.json", "not the JSON the attention probe prints") from None
+    return data if isinstance(data, dict) else None
 
 
 def _bad(name: str, what: str) -> BadInput:

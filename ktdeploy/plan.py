@@ -12,7 +12,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from ktdeploy import catalog
+from ktdeploy import attention_route, catalog
 from ktdeploy.errors import BadInput
 from ktdeploy.facts import Facts, Gpu
 
@@ -123,6 +123,7 @@ class Plan:
                 "torch_cuda_arch_list": self.torch_cuda_arch_list,
                 "max_jobs": self.max_jobs,
                 "kt_version": self.kt_version,
+                "flash_attn": attention_route.choose("auto", self.facts.python_env).to_dict() if self.engine == "ktransformers" else None,
             },
             "serve": {
                 "engine": self.engine,

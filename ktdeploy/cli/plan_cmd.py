@@ -29,14 +29,17 @@ class PlanOptions:
     port: int | None = None
     model_dir: str = DEFAULT_MODEL_DIR
     deep: bool = False
+    python_env: str = ""  # interpreter of the env KTransformers will use, if known
 
     def plan(self, f: facts.Facts, host: str | None = None) -> Plan:
         return make_plan(f, self.variant, engine=self.engine, kt_version=self.kt_version, port=self.port, host=host)
 
 
-def gather_raw(target: Target, model_dir: str = DEFAULT_MODEL_DIR) -> tuple[dict[str, str], dict[str, str]]:
+def gather_raw(
+    target: Target, model_dir: str = DEFAULT_MODEL_DIR, python_env: str = ""
+) -> tuple[dict[str, str], dict[str, str]]:
     """Run the batched facts script on target (one SSH round trip): ({file: content}, {file: error})."""
-    rc, out, err = remote.run_script(target, facts.facts_script(model_dir), timeout=120)
+    rc, out, err = remote.run_script(target, facts.facts_script(model_dir, python_env), timeout=120)
     if rc != 0:
         raise KtdeployError(f"the facts script failed on {target.name} (exit {rc}): {err.strip()[:300]}")
     return facts.parse_stream(out)
@@ -44,7 +47,7 @@ def gather_raw(target: Target, model_dir: str = DEFAULT_MODEL_DIR) -> tuple[dict
 
 def plan_host(target: Target, options: PlanOptions) -> Plan:
     """Facts from target, the plan made from them, and with options.deep the GGUF check run there."""
-    raw, errors = gather_raw(target, options.model_dir)
+    raw, errors = gather_raw(target, options.model_dir, options.python_env)
     plan = options.plan(facts.parse(raw, errors), host=target.name)
     if options.deep:
         gguf_dir = plan.variant.gguf_dir(options.model_dir)

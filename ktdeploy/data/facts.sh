@@ -1,7 +1,7 @@
 # ktdeploy facts: the raw outputs a plan is made from, gathered in one round trip.
 # Prints one line per fact: "KTDEPLOY-FACT <file> <exit status> <stdout base64> <stderr base64>"
 # ("-" for empty). Optional facts print nothing when absent. Parsed by ktdeploy.facts.parse_stream.
-# Reads only; needs no root. The caller sets model_dir first.
+# Reads only; needs no root. The caller sets model_dir, python_env (may be empty) and attention_probe first.
 set -u
 tmp=$(mktemp -d) || exit 70
 trap 'rm -rf "$tmp"' EXIT
@@ -50,5 +50,6 @@ fi
 if [ -r /sys/fs/cgroup/cpu.max ] || [ -r /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then fact cpu.max cgroup_cpu_max; fi
 if [ -r /sys/fs/cgroup/memory.max ] || [ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then fact memory.max cgroup_memory_max; fi
 if [ -d /run/systemd/system ]; then fact systemd echo yes; fi
+if [ -n "${python_env:-}" ] && [ -x "$python_env" ]; then fact python-env.json "$python_env" -c "$attention_probe"; fi
 if [ -d "$model_dir" ]; then fact model-files.txt find "$model_dir" -maxdepth 4 -type f -name '*.gguf*' -printf '%s %P\n'; fi
 exit 0

@@ -1,7 +1,7 @@
 """Filters that hand roles the decisions of ktdeploy.plan (the rules live there, never in YAML).
 
     plan_raw_facts.stdout | ktdeploy_plan(variant=..., engine=..., kt_version=..., port=...)
-    base_model_dir | ktdeploy_facts_script
+    base_model_dir | ktdeploy_facts_script(python_env_python)
     'DeepSeek-V3-Chat-torch-linear.yaml' | ktdeploy_rule_file
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from ktdeploy import facts, plan
 
 
-def ktdeploy_facts_script(model_dir):
+def ktdeploy_facts_script(model_dir, python_env=""):
     """The batched facts script, for ansible.builtin.shell with executable /bin/bash."""
-    return facts.facts_script(str(model_dir))
+    return facts.facts_script(str(model_dir), str(python_env or ""))
 
 
 def ktdeploy_plan(stdout, variant=None, engine="ktransformers", kt_version=None, port=None, host=None):

@@ -37,8 +37,13 @@ def cpu(model, sockets, cores, threads, physical, effective, quota, numa, amx, a
     }  # fmt: skip
 
 
-def build(use_numa, instruct, arch, jobs, kt="v0.2.3post2"):
-    return {"use_numa": use_numa, "cpu_instruct": instruct, "torch_cuda_arch_list": arch, "max_jobs": jobs, "kt_version": kt}
+# No fixture has a Python env yet, so the flash-attn route waits for the torch role.
+UNDECIDED = {"route": "undecided", "wheel": "", "reason": "decided by the torch role once torch is in the env (no torch there yet)"}
+
+
+def build(use_numa, instruct, arch, jobs, kt="v0.2.3post2", flash_attn=UNDECIDED):
+    return {"use_numa": use_numa, "cpu_instruct": instruct, "torch_cuda_arch_list": arch, "max_jobs": jobs, "kt_version": kt,
+            "flash_attn": flash_attn}
 
 
 def serve(cpu_infer, rule, layers, supervisor, shipped=False):
@@ -395,3 +400,17 @@ def test_multi_gpu_rule_puts_every_layer_on_exactly_one_gpu():
 def test_unknown_shipped_rule_is_bad_input():
     with pytest.raises(BadInput):
         plan.shipped_rule_path("DeepSeek-V3-Chat.yaml")
+
+
+def test_flash_attn_route_follows_the_envs_torch():
+    """The facts' python-env.json (the attention probe) decides build.flash_attn, as the torch role will."""
+    raw = facts.load_dir(FIXTURES / "h200-ubuntu2404-16vcpu")
+    h200_env = {"python": "3.12", "torch": "2.11.0+cu130", "cuda": "13.0", "cxx11abi": True, "flash_attn": "", "shim": ""}
+    route = plan.make_plan(facts.parse({**raw, "python-env.json": json.dumps(h200_env)})).to_dict()["build"]["flash_attn"]
+    assert route["route"] == "sdpa" and "torch 2.11.0+cu130" in route["reason"]
+    older = dict(h200_env, torch="2.6.0+cu124", cuda="12.4", cxx11abi=False)
+    route = plan.make_plan(facts.parse({**raw, "python-env.json": json.dumps(older)})).to_dict()["build"]["flash_attn"]
+    assert route["route"] == "wheel"
+    assert route["wheel"].endswith("flash_attn-2.8.3%2Bcu12torch2.6cxx11abiFALSE-cp312-cp312-linux_x86_64.whl")
+    llama = plan.make_plan(facts.parse(raw), engine="llama.cpp").to_dict()["build"]["flash_attn"]
+    assert llama is None

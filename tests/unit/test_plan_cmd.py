@@ -113,7 +113,7 @@ def test_preflight_or_raise_unreachable():
 def fixture_host(monkeypatch, machine_of):
     """Serve each target's raw facts from a fixture directory instead of SSH (the lab test covers SSH)."""
 
-    def gather(target, model_dir):
+    def gather(target, model_dir, python_env=""):
         return facts.load_dir(FIXTURES / machine_of[target.name]), {}
 
     monkeypatch.setattr(plan_cmd, "gather_raw", gather)
@@ -134,7 +134,7 @@ def test_preflight_or_raise_stops_on_any_host_with_problems(monkeypatch):
 
 
 def test_preflight_or_raise_reports_hosts_whose_facts_fail(monkeypatch):
-    def gather(target, model_dir):
+    def gather(target, model_dir, python_env=""):
         raise KtdeployError("the facts script failed on x (exit 127): bash: lscpu: command not found")
 
     monkeypatch.setattr(plan_cmd, "gather_raw", gather)
