@@ -17,6 +17,7 @@ from ktdeploy.plan import GIB_PER_BUILD_JOB
 
 SETTING_KEYS = ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "kt_version")
 CPU_INSTRUCTS = ("NATIVE", "FANCY", "AVX512", "AVX2")
+MIN_CMAKE = (3, 16)  # cmake_minimum_required of ktransformers_ext (v0.2.x)
 
 # RAM one compile job may take: the plan's figure, the one that sized max_jobs.
 RAM_PER_JOB_GIB = GIB_PER_BUILD_JOB
@@ -141,6 +142,7 @@ def build_problems(probe: Mapping, max_jobs: int) -> list[str]:
     glibcxx_runtime / glibcxx_compiler   GLIBCXX_* strings of the env's and the compiler's libstdc++
     runtime_libstdcxx   path of the env's libstdc++
     meminfo       /proc/meminfo
+    cmake         output of `cmake --version` on the build's PATH ("" when there is none; absent: not probed)
     """
     problems = []
     if not (probe.get("driver") or "").strip():
@@ -174,6 +176,14 @@ def build_problems(probe: Mapping, max_jobs: int) -> list[str]:
             f"GLIBCXX too old: {probe.get('runtime_libstdcxx') or 'the env libstdc++'} provides {have}, g++ builds for {_fmt(compiler[-1])}; "
             "upgrade libstdc++6, or in conda install conda-forge libstdcxx-ng"
         )
+    if "cmake" in probe:
+        m = re.search(r"cmake version (\d+)\.(\d+)", probe.get("cmake") or "")
+        if not m:
+            problems.append("cmake not found on the build's PATH (the env's bin, then the system's); run the base role "
+                            "(package cmake) or pip install cmake into the env")
+        elif (int(m.group(1)), int(m.group(2))) < MIN_CMAKE:
+            problems.append(f"cmake {m.group(1)}.{m.group(2)} is older than {MIN_CMAKE[0]}.{MIN_CMAKE[1]}, which "
+                            "KTransformers' extension needs; pip install cmake into the env")
     avail = mem_available_gib(probe.get("meminfo") or "")
     if avail is not None and avail < max_jobs * RAM_PER_JOB_GIB:
         fit = max(1, int(avail // RAM_PER_JOB_GIB))

@@ -116,3 +116,16 @@ def tunnel(conn, remote_host: str, remote_port: int, wait_s: float = 5.0) -> Ite
                     raise
                 time.sleep(0.02)
         yield local
+
+
+@contextmanager
+def api_port(target, remote_host: str, remote_port: int) -> Iterator[int]:
+    """A port on this machine that reaches the API: the API's own for a local-connection target,
+    else a forward over SSH."""
+    if target.hostvars.get("ansible_connection") == "local":
+        yield int(remote_port)
+        return
+    from ktdeploy.remote import connection
+
+    with connection(target) as conn, tunnel(conn, remote_host, remote_port) as port:
+        yield port

@@ -7,8 +7,11 @@ every command (provision, facts, preflight, download, status, ...).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +46,25 @@ class Target:
         return out
 
 
+LOCAL = "local"
+
+
+def local_target() -> Target:
+    """This machine, converged by Ansible's local connection with the Python that runs ktdeploy.
+
+    Root without sudo (a container, a cloud GPU machine) becomes other users through su, with a shell
+    for service accounts whose login shell is nologin.
+    """
+    hostvars = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    if os.geteuid() == 0 and not shutil.which("sudo"):
+        hostvars.update(ansible_become_method="su", ansible_become_flags="-s /bin/sh")
+    return Target(name=LOCAL, host="localhost", hostvars=hostvars)
+
+
 def parse_target(spec: str) -> Target:
+    """`local` (this machine), HOST, USER@HOST, USER@HOST:PORT or [v6addr]:PORT."""
+    if spec.strip() == LOCAL:
+        return local_target()
     m = _SPEC.match(spec.strip())
     if not m:
         raise BadInput(

@@ -112,6 +112,7 @@ def plan_options(request: ProvisionRequest, target: Target) -> PlanOptions:
         kt_version=s.get("plan_kt_version") or None,
         port=int(s["plan_port"]) if s.get("plan_port") else None,
         model_dir=s.get("plan_model_dir") or s.get("base_model_dir") or DEFAULT_MODEL_DIR,
+        python_env=s.get("python_env_python") or (f"{s['python_env_path']}/bin/python" if s.get("python_env_path") else ""),
     )
 
 
@@ -160,7 +161,7 @@ def check_connections(request: ProvisionRequest) -> None:
 @click.option("--force", is_flag=True, help="Go on although preflight finds problems with the plan.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of the live display.")
 def provision(hosts, inventory, limit, check, only, skip, extra, profile, force, plain):
-    """Converge HOST... (HOST, USER@HOST, USER@HOST:PORT) or the hosts of -i INVENTORY.
+    """Converge HOST... (HOST, USER@HOST, USER@HOST:PORT, or `local` for this machine) or the hosts of -i INVENTORY.
 
     First checks that every host answers over SSH and can use sudo, then plans each host from its
     hardware (`ktdeploy preflight`); then runs playbooks/site.yml.

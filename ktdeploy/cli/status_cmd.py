@@ -189,10 +189,10 @@ def logs(host, service, inventory, follow, lines):
 def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as_json, timeout):
     """Send PROMPT to the host's API and print the answer (reasoning apart, on stderr).
 
-    The API binds 127.0.0.1 on the host; ktdeploy reaches it through an SSH port forward.
+    The API binds 127.0.0.1 on the host; ktdeploy reaches it through an SSH port forward (directly
+    for a target with a local connection).
     """
     from ktdeploy import chat as ch
-    from ktdeploy.remote import connection
 
     target = _one_target(host, inventory)
     probe = _services(target)
@@ -201,7 +201,7 @@ def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as
         why = (api or {}).get("error") or "no API service on this host"
         raise KtdeployError(f"{target.name}: the API is not ready ({why})", hint=f"see `ktdeploy status {host}`")
     model = model or api.get("expected_model") or (api.get("models") or [None])[0]
-    with connection(target) as conn, ch.tunnel(conn, api.get("address", "127.0.0.1"), api["port"]) as port:
+    with ch.api_port(target, api.get("address", "127.0.0.1"), api["port"]) as port:
         from openai import OpenAI
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)

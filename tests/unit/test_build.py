@@ -224,3 +224,13 @@ def test_pip_args_text_takes_lists_and_strings():
         "--index-url http://10.203.0.1:3141/simple/ --find-links '/srv/my wheels'"
     assert build.pip_args_text("--no-index") == "--no-index"
     assert build.pip_args_text(None) == ""
+
+
+@pytest.mark.parametrize("cmake,word", [("", "cmake not found"), ("cmake version 3.13.4\n", "older than 3.16")])
+def test_missing_or_old_cmake_is_a_problem(cmake, word):
+    (problem,) = build.build_problems(good_probe(cmake=cmake), max_jobs=8)
+    assert word in problem and "pip install cmake" in problem
+
+
+def test_pip_cmake_4_is_fine():
+    assert build.build_problems(good_probe(cmake="cmake version 4.4.3\n"), max_jobs=8) == []

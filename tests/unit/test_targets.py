@@ -58,3 +58,20 @@ def test_malformed_inventory(tmp_path):
 def test_missing_inventory(tmp_path):
     with pytest.raises(BadInput, match="does not exist"):
         targets_from_inventory(tmp_path / "nope.yml")
+
+
+def test_local_means_this_machine_over_a_local_connection(monkeypatch):
+    import sys
+
+    from ktdeploy import targets
+
+    monkeypatch.setattr(targets.shutil, "which", lambda name: None)
+    monkeypatch.setattr(targets.os, "geteuid", lambda: 0)
+    t = targets.parse_target("local")
+    assert (t.name, t.host) == ("local", "localhost")
+    assert t.hostvars["ansible_connection"] == "local"
+    assert t.hostvars["ansible_python_interpreter"] == sys.executable
+    # root without sudo: su, with a shell for nologin service accounts
+    assert t.hostvars["ansible_become_method"] == "su" and t.hostvars["ansible_become_flags"] == "-s /bin/sh"
+    monkeypatch.setattr(targets.shutil, "which", lambda name: "/usr/bin/sudo")
+    assert "ansible_become_method" not in targets.parse_target("local").hostvars

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -46,6 +47,9 @@ if not os.path.exists(runtime):
     found = re.search(r"libstdc\+\+\.so\.6 \(libc6,x86-64\) => (\S+)", run("/sbin/ldconfig", "-p"))
     runtime = found.group(1) if found else ""
 compiler = run("g++", "-print-file-name=libstdc++.so").strip()
+# The build script puts the env's bin first on PATH, as an activated env would.
+build_path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+cmake = shutil.which("cmake", path=build_path)
 
 print(json.dumps({
     "driver": read("/proc/driver/nvidia/version").decode(errors="replace") or run("nvidia-smi", "-L"),
@@ -57,4 +61,5 @@ print(json.dumps({
     "glibcxx_runtime": glibcxx(runtime) if runtime else "",
     "glibcxx_compiler": glibcxx(os.path.realpath(compiler)) if compiler.startswith("/") else "",
     "meminfo": read("/proc/meminfo").decode(),
+    "cmake": run(cmake, "--version") if cmake else "",
 }))

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The GPU check, on a fresh machine of the team's GPU kind (no network, no systemd, CUDA and torch
+# preinstalled in /opt/torch/.venv, root): everything through the real CLI, local connection.
+#   ktdeploy installed into the torch env from .gpucarry/wheels (tests/gpu/gather.sh made it)
+#   -> a tiny DeepSeek-V3 model written on the spot -> ktdeploy provision (plan, base, python_env =
+#   the machine's torch env, cuda/torch verified, KTransformers v0.2.3post2 built from the offline
+#   archive with the patch series, served under supervisord) -> status --deep -> chat -> a second
+#   provision that must change nothing and skip the build.
+# Long: run it detached and follow it with tests/gpu/poll.sh (the device tool's calls end at 10 min).
+#   setsid bash tests/gpu/run.sh </dev/null >/dev/null 2>&1 &  bash tests/gpu/poll.sh
+# Results: $KTD_GPU_STATE/out (summary.txt, run.log, status.json, ...); $KTD_GPU_STATE/done holds the exit code.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+state=${KTD_GPU_STATE:-/tmp/ktd-gpu}
+py=${KTD_GPU_PYTHON:-/opt/torch/.venv/bin/python3}
+carry=$repo/.gpucarry
+experts=${KTD_GPU_EXPERTS:-iq1s}
+models=/srv/ktdeploy/models
+out=$state/out
+rm -rf "$state"; mkdir -p "$out" "$state/inventory"
+exec >"$out/run.log" 2>&1
+summary=$out/summary.txt
+t0=$(date +%s)
+note() { printf '%s  %5ss  %s\n' "$(date -u +%T)" "$(( $(date +%s) - t0 ))" "$*" | tee -a "$summary"; }
+finish() { note "end: exit $1"; echo "$1" >"$state/done"; exit "$1"; }
+step() {  # step NAME CMD...: run, time, log; the run stops at the first failing step
+  local name=$1 s rc; shift
+  note "start: $name"; s=$(date +%s)
+  "$@"; rc=$?
+  note "done:  $name (exit $rc, $(( $(date +%s) - s )) s)"
+  [ "$rc" = 0 ] || finish "$rc"
+}
+trap 'note "killed"; echo 143 >"$state/done"' TERM
+
+[ -d "$carry/wheels" ] || { note "no $carry: run tests/gpu/gather.sh on a machine with network first"; finish 2; }
+note "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader), $(nproc) cores, $(awk '/MemTotal/ {print int($2/1048576)" GiB"}' /proc/meminfo)"
+note "python: $py ($($py -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__)'))"
+
+install_ktdeploy() {
+  grep -vE '^\s*(#|$)' tests/gpu/wheels.txt | sed -n '/^ansible-core/,/^trove-classifiers/p' >"$state/ktdeploy-reqs.txt"
+  "$py" -m pip install -q --no-index --find-links "$carry/wheels" -r "$state/ktdeploy-reqs.txt" &&
+    "$py" -m pip install -q --no-index --no-deps --no-build-isolation "$repo"
+}
+step "install ktdeploy into the torch env (offline)" install_ktdeploy
+kt=$(dirname "$py")/ktdeploy
+
+step "write the tiny DeepSeek-V3 model ($experts experts)" "$py" -m ktdeploy.lab.tiny_dsv3 "$models" --experts "$experts" --json "$state/model.json"
+config_dir=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['config_dir'])" "$state/model.json")
+gguf_dir=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['gguf_dir'])" "$state/model.json")
+variant=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['variant'])" "$state/model.json")
+
+tarball_sha=$(awk '/ktransformers-0.2.3post2-offline.tar.gz/ {print $1}' "$carry/SHA256SUMS")
+cat >"$state/inventory/hosts.yml" <<YAML
+# Written by tests/gpu/run.sh: this machine, converged through a local connection.
+all:
+  children:
+    ktdeploy:
+      hosts:
+        gpu0:
+          ansible_connection: local
+          ansible_python_interpreter: $py
+          # root, and no sudo on this image: become other users through su
+          ansible_become_method: su
+          ansible_become_flags: -s /bin/sh
+      vars:
+        # build tools this image has as Debian packages; cmake and ninja come from the torch env
+        base_packages: [gcc, g++, git, curl, tmux, libnuma-dev, pkg-config, ca-certificates, python3-venv]
+        python_env_backend: existing
+        python_env_path: $(dirname "$(dirname "$py")")
+        python_env_python: $py
+        python_env_python_version: "$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+        python_env_pip_no_index: true
+        python_env_pip_find_links: ["$carry/wheels"]
+        cuda_install: false
+        ktransformers_source: tarball
+        ktransformers_tarball: $carry/ktransformers-0.2.3post2-offline.tar.gz
+        ktransformers_tarball_sha256: $tarball_sha
+        plan_model_variant: $variant
+        model_download_enabled: false
+        serve_supervisor_from: pip
+        serve_webui_enabled: false
+        serve_model_name: DeepSeek-V3-tiny
+        serve_ktransformers_model_path: $config_dir
+        serve_ktransformers_gguf_path: $gguf_dir
+        # the legacy server ignores the request's max_tokens and stops at this (or EOS)
+        serve_ktransformers_max_new_tokens: 64
+        serve_start_timeout: 900
+YAML
+cp "$state/inventory/hosts.yml" "$out/"
+"$py" -c "import ktdeploy.attention_route as a; exec(a.PROBE)" >"$out/python-env.json"
+
+step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep
+step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain
+cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
+note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
+
+step "status --deep" bash -c "'$kt' status -i '$state/inventory' --deep --json > '$out/status.json'"
+step "chat" bash -c "'$kt' chat gpu0 'Why is the sky blue? Explain briefly.' -i '$state/inventory' --json > '$out/chat.json'"
+note "chat: $(head -c 400 "$out/chat.json")"
+
+restart_ready() {  # server start-up: restart the program and time until /v1/models lists the model
+  local s; s=$(date +%s.%N)
+  supervisorctl -c /etc/supervisor/supervisord.conf restart ktdeploy-api >/dev/null || return 1
+  /usr/local/libexec/ktdeploy/ktdeploy-svc wait-ready http://127.0.0.1:10002/v1/models --timeout 600 --model DeepSeek-V3-tiny || return 1
+  note "server start-up (restart to model listed): $(python3 -c "import time; print(round(time.time() - $s, 1))") s"
+}
+step "server start-up" restart_ready
+step "status --deep after the restart" bash -c "'$kt' status -i '$state/inventory' --deep --json > '$out/status2.json'"
+
+step "provision again (must change nothing, build skipped by its stamp)" "$kt" provision -i "$state/inventory" --plain
+cp /var/log/ktdeploy/ktdeploy-api.log "$out/api.log" 2>/dev/null
+finish 0
