@@ -45,10 +45,10 @@ install_ktdeploy() {
 step "install ktdeploy into the torch env (offline)" install_ktdeploy
 kt=$(dirname "$py")/ktdeploy
 
-step "write the tiny DeepSeek-V3 model ($experts experts)" "$py" -m ktdeploy.lab.tiny_dsv3 "$models" --experts "$experts" --json "$state/model.json"
-config_dir=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['config_dir'])" "$state/model.json")
-gguf_dir=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['gguf_dir'])" "$state/model.json")
-variant=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['variant'])" "$state/model.json")
+variant=tiny-dsv3-$experts
+config_dir=$models/$variant/config
+gguf_dir=$models/$variant/gguf
+step "write the tiny DeepSeek-V3 model ($variant)" "$py" -m ktdeploy.lab.tiny_dsv3 "$models/$variant" --experts "$experts"
 
 tarball_sha=$(awk '/ktransformers-0.2.3post2-offline.tar.gz/ {print $1}' "$carry/SHA256SUMS")
 cat >"$state/inventory/hosts.yml" <<YAML
@@ -90,7 +90,7 @@ YAML
 cp "$state/inventory/hosts.yml" "$out/"
 "$py" -c "import ktdeploy.attention_route as a; exec(a.PROBE)" >"$out/python-env.json"
 
-step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep
+step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --model "$variant"
 step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain
 cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
 note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
