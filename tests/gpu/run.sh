@@ -17,6 +17,10 @@ py=${KTD_GPU_PYTHON:-/opt/torch/.venv/bin/python3}
 carry=$repo/.gpucarry
 experts=${KTD_GPU_EXPERTS:-iq1s}
 models=/srv/ktdeploy/models
+# Debian packages the base role wants: the build tools this image has (cmake and ninja come from the
+# torch env's pip); KTD_GPU_FORCE=1 goes past plan problems (a rehearsal on a host without a GPU).
+base_packages=${KTD_GPU_BASE_PACKAGES:-gcc g++ git curl tmux libnuma-dev pkg-config ca-certificates python3-venv}
+force=${KTD_GPU_FORCE:+--force}
 out=$state/out
 rm -rf "$state"; mkdir -p "$out" "$state/inventory"
 exec >"$out/run.log" 2>&1
@@ -64,8 +68,7 @@ all:
           ansible_become_method: su
           ansible_become_flags: -s /bin/sh
       vars:
-        # build tools this image has as Debian packages; cmake and ninja come from the torch env
-        base_packages: [gcc, g++, git, curl, tmux, libnuma-dev, pkg-config, ca-certificates, python3-venv]
+        base_packages: [$(echo $base_packages | sed 's/ /, /g')]
         python_env_backend: existing
         python_env_path: $(dirname "$(dirname "$py")")
         python_env_python: $py
@@ -90,8 +93,8 @@ YAML
 cp "$state/inventory/hosts.yml" "$out/"
 "$py" -c "import ktdeploy.attention_route as a; exec(a.PROBE)" >"$out/python-env.json"
 
-step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --model "$variant"
-step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain
+step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --model "$variant" $force
+step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain $force
 cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
 note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
 
