@@ -174,6 +174,9 @@ def evaluate(probe: dict) -> list[Check]:
     """The checks for one host's probe output (pure: tested from recorded probe outputs)."""
     checks = [Check("probe", "degraded", e) for e in probe.get("errors") or []]
     checks.append(_stages_check(probe.get("stages") or {}))
+    attention = _attention_check(probe.get("stages") or {})
+    if attention:
+        checks.append(attention)
     download = _download_check(probe.get("download") or {})
     if download:
         checks.append(download)
@@ -198,6 +201,16 @@ def _stages_check(stages: dict) -> Check:
     if not stages:
         return Check("stages", "ok", "no stage records yet")
     return Check("stages", "ok", "completed: " + ", ".join(sorted(stages)))
+
+
+def _attention_check(stages: dict) -> Check | None:
+    """The flash-attn route the torch role took (ktdeploy.attention_route), from its stage record."""
+    settings = ((stages.get("torch") or {}).get("record") or {}).get("settings") or {}
+    route = settings.get("flash_attn")
+    if not isinstance(route, dict) or not route.get("route"):
+        return None
+    wheel = f" {route['wheel']}" if route.get("wheel") else ""
+    return Check("flash_attn", "ok", f"{route['route']}{wheel}: {route.get('reason', '')}".rstrip(": "))
 
 
 def _service_check(role: str, svc: dict, declared: bool) -> Check:

@@ -54,7 +54,7 @@ config_dir=$models/$variant/config
 gguf_dir=$models/$variant/gguf
 step "write the tiny DeepSeek-V3 model ($variant)" "$py" -m ktdeploy.lab.tiny_dsv3 "$models/$variant" --experts "$experts"
 
-tarball_sha=$(awk '/ktransformers-0.2.3post2-offline.tar.gz/ {print $1}' "$carry/SHA256SUMS")
+tarball_sha=$(awk '/ktransformers-0.2.3post2-offline.tar.gz/ {print $1}' "$carry/SHA256SUMS" 2>/dev/null)
 cat >"$state/inventory/hosts.yml" <<YAML
 # Written by tests/gpu/run.sh: this machine, converged through a local connection.
 all:

@@ -186,3 +186,14 @@ def test_schema_rejects_a_wrong_document():
     schema = json.loads(files("ktdeploy").joinpath("schemas/status.json").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
+
+
+def test_flash_attn_route_of_the_torch_stage_is_shown():
+    route = {"route": "sdpa", "wheel": "", "reason": "no prebuilt flash-attn for torch 2.11.0+cu130"}
+    stages = dict(SERVING["stages"], torch={"record": {"settings": {"torch": "2.11.0+cu130", "flash_attn": route}}, "mtime": 3.0})
+    (check,) = [c for c in st.evaluate(probe(stages=stages)) if c.name == "flash_attn"]
+    assert check.level == "ok" and check.detail == "sdpa: no prebuilt flash-attn for torch 2.11.0+cu130"
+    # a host without the torch stage (llama.cpp) or with an older record shows none
+    assert "flash_attn" not in levels(probe())
+    old = dict(SERVING["stages"], torch={"record": {"settings": {"flash_attn": True}}, "mtime": 3.0})
+    assert "flash_attn" not in levels(probe(stages=old))
