@@ -14,14 +14,14 @@ CONFIG_ITEM = "DeepSeek-R1-config"
 
 def download_items(variant_name: str | None, source: str, model_dir: str) -> list[dict]:
     """The variant's GGUF shards and the DeepSeek-R1 config files without the weights (none for a
-    packaged model).
+    packaged or generated model).
 
     Mirrors are laid out like ModelScope (`<owner>/<name>/...`), so they use its repo ids.
     """
     from ktdeploy import catalog  # imported here: every CLI command loads this module
 
     v = catalog.variant(variant_name or None)
-    if v.packaged:  # the serve role installs its package
+    if not v.downloadable:  # packaged: the serve role installs its package; generated: written on the spot
         return []
     cfg = catalog.config_repo()
     key = "huggingface" if source == "huggingface" else "modelscope"
@@ -41,6 +41,8 @@ def item_names(variant_name: str | None) -> list[str]:
         from ktdeploy import catalog
         from ktdeploy.errors import BadInput
 
-        raise BadInput(f"{variant_name} comes from a PyPI package that provisioning installs; there is nothing to "
-                       "download", hint=f"name a GGUF variant with --model: {', '.join(catalog.names())}")
+        where = ("is written on the spot (`ktdeploy lab tiny-model DIR`)" if catalog.variant(variant_name).generated
+                 else "comes from a PyPI package that provisioning installs")
+        raise BadInput(f"{variant_name} {where}; there is nothing to download",
+                       hint=f"name a GGUF variant with --model: {', '.join(catalog.names())}")
     return names

@@ -127,7 +127,10 @@ def _check_types(files: list[dict], version: Version, version_text: str) -> list
         Finding(
             "gguf_tensor_type",
             f"{len(names)} tensor(s) of type {ttype} (e.g. {names[0]}) cannot be loaded by KTransformers "
-            f"{version_text}" + (" outside the routed experts" if ttype in LEGACY_EXPERT_TYPES else ""),
+            f"{version_text}" + (
+                (" outside the routed experts" if version >= EXPERT_TYPES_SINCE
+                 else f" (routed experts of this type need v{EXPERT_TYPES_SINCE} or later)")
+                if ttype in LEGACY_EXPERT_TYPES else ""),
         )
         for ttype, names in sorted(bad.items())
     ]

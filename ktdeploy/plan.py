@@ -136,7 +136,7 @@ class Plan:
             },
             "model": {
                 "variant": self.variant.name,
-                "source": "package" if self.variant.packaged else "gguf_repo",
+                "source": self.variant.source,
                 "bytes": self.variant.bytes,
                 "files": list(self.variant.files),
                 "min_ram_gib": self.variant.min_ram_gib,
@@ -216,6 +216,8 @@ def present_bytes(facts: Facts, variant: catalog.Variant) -> int:
     """Bytes of the variant's shards already on the host, partial downloads included."""
     if variant.packaged:
         return 0
+    if variant.generated:  # its path is relative to the model directory
+        return min(sum(facts.model_files.get(rel, 0) for rel in variant.files), variant.bytes)
     root = variant.repo.local_dir
     total = 0
     for rel in variant.files:
@@ -242,7 +244,8 @@ def make_plan(
     cpus = effective_cpus(facts)
     memory = effective_memory(facts)
     present = present_bytes(facts, var)
-    to_download = var.bytes - present + (0 if var.packaged else catalog.config_repo().approx_bytes or 0)
+    # A packaged or generated model brings its own config: only a downloaded variant needs R1's config repo.
+    to_download = var.bytes - present + ((catalog.config_repo().approx_bytes or 0) if var.downloadable else 0)
     problems: list[Finding] = []
     warnings: list[Finding] = []
 
@@ -396,7 +399,7 @@ def _check_ktransformers(plan: Plan, version: Version, problems: list[Finding], 
                 "nvidia-smi did not report the GPUs' compute capability: upgrade the NVIDIA driver (510 or newer)",
             )
         )
-    if var.packaged:
+    if "ktransformers" not in var.engines:
         problems.append(
             Finding(
                 "unsupported_variant",

@@ -38,7 +38,7 @@ def _require_up(lab_, index: int) -> None:
 
 @click.group()
 def lab() -> None:
-    """Throwaway Debian 12 hosts (real systemd, real SSH) on this machine; needs root."""
+    """Throwaway Debian 12 hosts (real systemd, real SSH) on this machine; needs root (but `tiny-model`)."""
 
 
 @lab.command()
@@ -145,6 +145,28 @@ def demo(no_webui: bool) -> None:
         if rc != 0:
             raise KtdeployError(f"`{' '.join(argv[1:3])}` exited {rc}; the host stays up: ktdeploy lab ssh {host.index}")
     click.echo(f"demo: {host.name} serves; inventory {inv}; remove it with `ktdeploy lab down {host.index}`")
+
+
+@lab.command("tiny-model")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--experts", type=click.Choice(["iq1s", "k"]), default="iq1s", show_default=True,
+              help="Routed expert types: iq1s (IQ1_S/IQ2_XXS, KTransformers v0.2.3+) or k (Q4_K/Q6_K, also 0.2.1.post1).")
+def tiny_model(outdir: str, experts: str) -> None:
+    """Write a tiny DeepSeek-V3 model with random weights into OUTDIR (no root needed).
+
+    OUTDIR/config is KTransformers' --model_path, OUTDIR/gguf its --gguf_path (one file, which
+    llama.cpp serves too). The same bytes on every run; catalog name tiny-dsv3-EXPERTS. On a host, put
+    it at <model dir>/tiny-dsv3-EXPERTS. Also `python -m ktdeploy.lab.tiny_dsv3 OUTDIR`.
+    """
+    from ktdeploy.lab import tiny_dsv3
+
+    try:
+        written = tiny_dsv3.write(outdir, experts)
+    except (OSError, ValueError) as exc:
+        raise BadInput(str(exc), hint="choose an empty OUTDIR") from None
+    click.echo(f"config dir: {written.config_dir}")
+    click.echo(f"gguf dir:   {written.gguf_dir}")
+    click.echo(f"gguf file:  {written.gguf_path} ({written.gguf_path.stat().st_size} bytes)")
 
 
 COMMANDS = [lab]

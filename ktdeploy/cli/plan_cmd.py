@@ -136,8 +136,9 @@ def facts_cmd(host: str, inventory: str | None, save_dir: str, model_dir: str) -
 @click.argument("hosts", nargs=-1)
 @click.option("-i", "--inventory", type=click.Path(), help="inventory file or directory (HOSTS then limit it)")
 @click.option("--facts", "facts_dir", type=click.Path(file_okay=False), help="plan from a saved facts directory")
-@click.option("--model", "variant", type=click.Choice(catalog.names() + catalog.packaged_names()),
-              help=f"GGUF variant, or a packaged model for llama.cpp [default: {catalog.default_variant()}]")
+@click.option("--model", "variant", type=click.Choice(catalog.all_names()),
+              help="GGUF variant, a packaged model for llama.cpp, or a generated tiny model "
+                   f"[default: {catalog.default_variant()}]")
 @click.option("--engine", type=click.Choice(ENGINES), default="ktransformers", show_default=True)
 @click.option("--kt-version", help=f"KTransformers tag [default: {catalog.default_kt_version()}]")
 @click.option("--model-dir", default=DEFAULT_MODEL_DIR, show_default=True, help="where the models live on the host")
@@ -219,6 +220,7 @@ def plan_table(plan: Plan):
         ("OS", f"{d['os']['pretty_name']}, {'systemd' if d['systemd'] else 'no systemd'}"),
         ("Model", f"{model['variant']}: {model['bytes'] / GIB:.1f} GiB "
                   + ("from a PyPI package, " if model["source"] == "package" else
+                     "generated on the spot, " if model["source"] == "generated" else
                      f"in {len(model['files'])} files, {model['present_bytes'] / GIB:.1f} GiB present, ")
                   + f"needs {model['min_ram_gib']} GiB RAM"),
         ("Build", f"KTransformers {build['kt_version']}, USE_NUMA {'set' if build['use_numa'] else 'unset'}, "

@@ -31,11 +31,26 @@ Public API::
 
 Users in every host: root, `deploy` (passwordless sudo) and `nosudo` (no sudo), all with the lab
 key; packages: systemd, dbus, openssh-server, python3, sudo, iproute2 only.
+
+The names above are imported on first use, so `python -m ktdeploy.lab.tiny_dsv3` (numpy and gguf
+only) runs where the lab's own dependencies are not installed.
 """
 
-from ktdeploy.lab.host import LabHost
-from ktdeploy.lab.lab import Lab
-from ktdeploy.lab.paths import CONTROLLER_IP
-from ktdeploy.lab.requirements import LabUnavailable
+from __future__ import annotations
 
-__all__ = ["CONTROLLER_IP", "Lab", "LabHost", "LabUnavailable"]
+import importlib
+
+_EXPORTS = {
+    "CONTROLLER_IP": "ktdeploy.lab.paths",
+    "Lab": "ktdeploy.lab.lab",
+    "LabHost": "ktdeploy.lab.host",
+    "LabUnavailable": "ktdeploy.lab.requirements",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

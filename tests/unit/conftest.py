@@ -20,3 +20,12 @@ def runs_dir(tmp_path, monkeypatch):
 def local_host() -> dict:
     """Ansible variables for a host that is this machine, reached without SSH."""
     return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """The tiny DeepSeek-V3 of ktdeploy/lab/tiny_dsv3.py, both expert profiles, written once per session."""
+    from ktdeploy.lab import tiny_dsv3
+
+    root = tmp_path_factory.mktemp("tiny-dsv3")
+    return {p: tiny_dsv3.write(root / p, p) for p in tiny_dsv3.PROFILES}

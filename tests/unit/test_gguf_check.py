@@ -123,3 +123,50 @@ def test_stdlib_reader_rejects_non_gguf(tmp_path, blob, message):
     p.write_bytes(blob)
     with pytest.raises(gguf_header.HeaderError, match=message):
         gguf_header.read_header(str(p))
+
+
+# --- the generated tiny DeepSeek-V3 (fixture tiny_models, tests/unit/conftest.py) -------------------
+
+
+@pytest.mark.parametrize("profile", ["iq1s", "k"])
+def test_tiny_model_passes_the_deep_check_on_both_engines(tiny_models, profile):
+    gdir = tiny_models[profile].gguf_dir
+    headers = gguf_check.read_dir_local(gdir)
+    assert headers == gguf_header.read_dir(str(gdir))
+    assert headers["files"][0]["architecture"] == "deepseek2"
+    name = f"tiny-dsv3-{profile}"
+    assert gguf_check.check(headers, name, engine="ktransformers", kt_version="v0.2.3post2") == []
+    assert gguf_check.check(headers, name, engine="llama.cpp") == []
+
+
+def test_tiny_iq1s_is_refused_by_ktransformers_0_2_1(tiny_models):
+    headers = gguf_check.read_dir_local(tiny_models["iq1s"].gguf_dir)
+    problems = gguf_check.check(headers, "tiny-dsv3-iq1s", kt_version="v0.2.1.post1")
+    assert codes(problems) == ["gguf_tensor_type", "gguf_tensor_type"]
+    assert "IQ1_S" in problems[0].message and "need v0.2.3 or later" in problems[0].message
+    assert gguf_check.check(gguf_check.read_dir_local(tiny_models["k"].gguf_dir), "tiny-dsv3-k",
+                            kt_version="v0.2.1.post1") == []
+
+
+def test_tiny_model_dir_with_another_gguf_is_refused(tiny_models, tmp_path):
+    import shutil
+
+    shutil.copy(tiny_models["k"].gguf_path, tmp_path / "tiny-dsv3-k.gguf")
+    shutil.copy(tiny_models["iq1s"].gguf_path, tmp_path / "tiny-dsv3-iq1s.gguf")
+    problems = gguf_check.check(gguf_check.read_dir_local(tmp_path), "tiny-dsv3-k", engine="llama.cpp")
+    assert codes(problems) == ["gguf_foreign_files"]
+
+
+def test_preflight_deep_accepts_the_tiny_model(tiny_models):
+    from click.testing import CliRunner
+
+    from ktdeploy.cli import main
+
+    facts_dir = Path(__file__).parent.parent / "fixtures" / "facts"
+    for machine, engine in (("h200-ubuntu2404-16vcpu", "ktransformers"), ("ci-kvm-2cpu-nogpu", "llama.cpp")):
+        r = CliRunner().invoke(main, ["preflight", "--facts", str(facts_dir / machine), "--model", "tiny-dsv3-iq1s",
+                                      "--engine", engine, "--deep", "--gguf-dir", str(tiny_models["iq1s"].gguf_dir),
+                                      "--json"])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.output)
+        assert doc["problems"] == [] and doc["model"]["source"] == "generated"

@@ -414,3 +414,55 @@ def test_flash_attn_route_follows_the_envs_torch():
     assert route["wheel"].endswith("flash_attn-2.8.3%2Bcu12torch2.6cxx11abiFALSE-cp312-cp312-linux_x86_64.whl")
     llama = plan.make_plan(facts.parse(raw), engine="llama.cpp").to_dict()["build"]["flash_attn"]
     assert llama is None
+
+
+# --- the generated tiny DeepSeek-V3 (ktdeploy/lab/tiny_dsv3.py) -----------------------------------------
+
+
+def test_tiny_iq1s_fits_the_h200_on_ktransformers_v0_2_3post2():
+    p = plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-iq1s", engine="ktransformers", kt_version="v0.2.3post2")
+    assert p.problems == [] and p.fits
+    d = p.to_dict()
+    assert d["model"]["source"] == "generated" and d["model"]["files"] == ["tiny-dsv3-iq1s/gguf/tiny-dsv3-iq1s.gguf"]
+    assert d["model"]["to_download_bytes"] == catalog.variant("tiny-dsv3-iq1s").bytes  # no R1 config repo
+    assert d["serve"]["optimize_rule"] == SINGLE and d["build"]["kt_version"] == "v0.2.3post2"
+
+
+def test_tiny_k_runs_on_0_2_1_post1_and_tiny_iq1s_does_not():
+    assert plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-k", kt_version="v0.2.1.post1").problems == []
+    old = plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-iq1s", kt_version="v0.2.1.post1")
+    assert [x.code for x in old.problems] == ["kt_version_too_old"] and "v0.2.3" in old.problems[0].message
+
+
+def test_tiny_models_fit_the_ci_machine_on_llama_cpp():
+    for name in catalog.generated_names():
+        p = plan_of("ci-kvm-2cpu-nogpu", name, engine="llama.cpp")
+        assert p.fits and [w.code for w in p.warnings] == ["cpu_only"], name
+
+
+def test_tiny_model_on_ktransformers_still_needs_a_gpu():
+    p = plan_of("ci-kvm-2cpu-nogpu", "tiny-dsv3-k")
+    assert [x.code for x in p.problems] == ["no_gpu"]
+
+
+def test_tiny_model_present_on_the_host_counts():
+    v = catalog.variant("tiny-dsv3-iq1s")
+    p = plan.make_plan(facts_of("ci-kvm-2cpu-nogpu", model_files_txt=f"{v.bytes} {v.files[0]}\n"), v.name,
+                       engine="llama.cpp")
+    assert p.present_bytes == v.bytes and p.to_download_bytes == 0
+
+
+def test_generated_models_are_in_the_catalog_and_download_nothing():
+    assert catalog.generated_names() == ["tiny-dsv3-iq1s", "tiny-dsv3-k"]
+    assert set(catalog.generated_names()) <= set(catalog.all_names())
+    assert not set(catalog.generated_names()) & set(catalog.names())  # not R1 variants: never offered as such
+    for name in catalog.generated_names():
+        v = catalog.variant(name)
+        assert v.generated and not v.packaged and not v.downloadable and v.source == "generated"
+        assert v.engines == ("ktransformers", "llama.cpp") and v.min_ram_gib == 1 and v.shards == 1
+        assert downloads.download_items(name, "modelscope", "/m") == []
+        with pytest.raises(BadInput, match="written on the spot"):
+            downloads.item_names(name)
+    assert catalog.variant("tiny-dsv3-iq1s").min_kt_version == "v0.2.3"
+    assert catalog.variant("tiny-dsv3-k").min_kt_version == "v0.2.1.post1"
+    assert catalog.variant("gemma3-270m").source == "package" and catalog.variant("UD-IQ1_S").source == "gguf_repo"
