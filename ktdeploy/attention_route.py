@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 MODES = ("auto", "wheel", "sdpa", "source", "off")
 SHIM_DIST = "ktdeploy-flash-attn-sdpa"
-SHIM_VERSION = "1.0.0"  # roles/torch/files/flash_attn_sdpa/pyproject.toml
+SHIM_VERSION = "1.0.1"  # roles/torch/files/flash_attn_sdpa/pyproject.toml
 
 # flash-attn's own release (github.com/Dao-AILab/flash-attention, tag v2.8.3) publishes Linux x86_64
 # wheels for CUDA 12 and these torch and CPython versions, each with the C++11 ABI on and off.

@@ -35,6 +35,14 @@ step() {  # step NAME CMD...: run, time, log; the run stops at the first failing
   note "done:  $name (exit $rc, $(( $(date +%s) - s )) s)"
   [ "$rc" = 0 ] || finish "$rc"
 }
+check() {  # check NAME CMD...: like step, but the run goes on when it fails (the summary says so)
+  local name=$1 s rc; shift
+  note "start: $name"; s=$(date +%s)
+  "$@"; rc=$?
+  note "done:  $name (exit $rc, $(( $(date +%s) - s )) s)"
+  [ "$rc" = 0 ] || failed_checks="$failed_checks $name;"
+}
+failed_checks=""
 trap 'note "killed"; echo 143 >"$state/done"' TERM
 
 [ -d "$carry/wheels" ] || { note "no $carry: run tests/gpu/gather.sh on a machine with network first"; finish 2; }
@@ -97,6 +105,10 @@ step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --mode
 step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain $force
 cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
 note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
+if [ -f tests/gpu/moe_quant_check.py ]; then
+  check "CPU MoE kernels of this build against numpy (IQ1_S, IQ2_XXS, Q4_K; IQ1_M refused)" \
+    "$py" tests/gpu/moe_quant_check.py --threads 8
+fi
 
 step "status --deep" bash -c "'$kt' status -i '$state/inventory' --deep --json > '$out/status.json'"
 step "chat" bash -c "'$kt' chat gpu0 'Why is the sky blue? Explain briefly.' -i '$state/inventory' --json > '$out/chat.json'"
@@ -113,4 +125,5 @@ step "status --deep after the restart" bash -c "'$kt' status -i '$state/inventor
 
 step "provision again (must change nothing, build skipped by its stamp)" "$kt" provision -i "$state/inventory" --plain
 cp /var/log/ktdeploy/ktdeploy-api.log "$out/api.log" 2>/dev/null
+[ -z "$failed_checks" ] || { note "failed checks:$failed_checks"; finish 1; }
 finish 0

@@ -75,3 +75,8 @@ def test_transformers_does_not_take_it_for_flash_attention_2():
     """The distribution is not named flash_attn, so transformers' metadata check stays negative."""
     text = (PKG.parents[1] / "pyproject.toml").read_text()
     assert 'name = "ktdeploy-flash-attn-sdpa"' in text
+
+
+def test_kvcache_variant_imports_but_refuses_to_run(fa):
+    with pytest.raises(NotImplementedError, match="long_context"):
+        fa.flash_attn_with_kvcache()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 __version__ = "2.8.3+ktdeploy.sdpa"
-__all__ = ["flash_attn_func"]
+__all__ = ["flash_attn_func", "flash_attn_with_kvcache"]
 
 
 def _unsupported(what: str) -> NotImplementedError:
@@ -66,3 +66,8 @@ def flash_attn_func(
         qt, kt, vt, attn_mask=mask, is_causal=causal and mask is None, scale=softmax_scale
     )
     return out.transpose(1, 2).contiguous()
+
+
+def flash_attn_with_kvcache(*args, **kwargs):
+    """Named so that KTransformers' long-context module imports; that mode (Llama/InternLM only) is not served."""
+    raise _unsupported("flash_attn_with_kvcache (KTransformers' long_context mode)")
