@@ -40,14 +40,20 @@ def lab_extravars(lab, **more) -> dict:
     }
 
 
-def provision(host, hostvars: dict, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """`ktdeploy provision -i INV --profile cpu-demo` against one lab host; returns the run and its
-    recap row ({"ok", "changed", "failed", "unreachable", "skipped"}). extra: `-e KEY=VALUE` pairs."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    inventory = tmp / "inventory.yml"
+def write_inventory(host, hostvars: dict, path: Path) -> Path:
+    """An inventory with only host, its lab connection variables and hostvars."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     hosts = {host.name: {**host.hostvars(), **hostvars}}
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"lab": {"hosts": hosts}}}}))
-    argv = [str(Path(sys.executable).parent / "ktdeploy"), "provision", "-i", str(inventory), "--profile", "cpu-demo", "--plain"]
+    path.write_text(yaml.safe_dump({"all": {"children": {"lab": {"hosts": hosts}}}}))
+    return path
+
+
+def provision(host, hostvars: dict, tmp: Path, *extra: str, profile: str = "cpu-demo"
+              ) -> tuple[subprocess.CompletedProcess, dict]:
+    """`ktdeploy provision -i INV --profile PROFILE` against one lab host; returns the run and its
+    recap row ({"ok", "changed", "failed", "unreachable", "skipped"}). extra: `-e KEY=VALUE` pairs."""
+    inventory = write_inventory(host, hostvars, tmp / "inventory.yml")
+    argv = [str(Path(sys.executable).parent / "ktdeploy"), "provision", "-i", str(inventory), "--profile", profile, "--plain"]
     for pair in extra:
         argv += ["-e", pair]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=3000)

@@ -52,6 +52,15 @@ def test_packaged_model_has_nothing_to_download():
     assert "UD-IQ1_S" in err.value.hint
 
 
+def test_generated_model_has_nothing_to_download():
+    from ktdeploy.errors import BadInput
+
+    for name in ("tiny-dsv3-iq1s", "tiny-dsv3-k"):
+        with pytest.raises(BadInput, match="written on the spot.*nothing to download") as err:
+            dc.download_extravars(name, "modelscope", None, False)
+        assert "UD-IQ1_S" in err.value.hint
+
+
 def test_extravars_carry_variant_source_endpoint_and_verify():
     ev = dc.download_extravars("UD-IQ2_XXS", "huggingface", "https://hf-mirror.com", verify=True)
     assert ev["model_download_source"] == "huggingface" and ev["model_download_rehash"] is True
