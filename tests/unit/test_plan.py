@@ -37,8 +37,13 @@ def cpu(model, sockets, cores, threads, physical, effective, quota, numa, amx, a
     }  # fmt: skip
 
 
-# No fixture has a Python env yet, so the flash-attn route waits for the torch role.
+# Fixtures without a recorded Python env: the flash-attn route waits for the torch role.
 UNDECIDED = {"route": "undecided", "wheel": "", "reason": "decided by the torch role once torch is in the env (no torch there yet)"}
+
+
+H200_SDPA = {"route": "sdpa", "wheel": "", "reason": (
+    "no prebuilt flash-attn for torch 2.11.0+cu130, CUDA 13.0, Python 3.12 (release 2.8.3 has CUDA 12 wheels for "
+    "torch 2.4-2.8): ktdeploy's flash_attn_func on torch's scaled_dot_product_attention")}
 
 
 def build(use_numa, instruct, arch, jobs, kt="v0.2.3post2", flash_attn=UNDECIDED):
@@ -118,7 +123,8 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Processor", 1, 16, 1, 16, 16, None, 1, True, True),
         memory_gib=125.9,
         gpus=[("NVIDIA H200", 143771, "9.0")],
-        build=build(False, "FANCY", "9.0", 16),
+        # its torch env was recorded too (python-env.json): torch 2.11 / CUDA 13 has no flash-attn wheel
+        build=build(False, "FANCY", "9.0", 16, flash_attn=H200_SDPA),
         serve=serve(17, SINGLE, 61, "supervisord"),
         disk_needed=FULL,
         problems=["disk_full"],
