@@ -94,7 +94,7 @@ def test_moe_reference_by_hand():
     down = np.zeros_like(gate)
     gate[1, 0, 0], up[1, 0, 0], down[1, 3, 0] = 1.0, 0.5, 4.0  # expert 1: h0 = silu(2) * 1, out[3] = 4 h0
     gate[0, 0, 0], up[0, 0, 0], down[0, 5, 0] = 1.0, 1.0, 1.0  # expert 0: out[5] = silu(2) * 2
-    got = mqc.moe_reference(x, np.array([[1, 0]]), np.array([[0.25, 0.5]]), gate, up, down, q8k=False)
+    got = mqc.moe_reference(x, np.array([[1, 0]]), np.array([[0.25, 0.5]]), gate, up, down, acts=None)
     s = 2.0 / (1.0 + np.exp(-2.0))
     want = np.zeros((1, 256))
     want[0, 3], want[0, 5] = 0.25 * 4.0 * s * 1.0, 0.5 * s * 2.0
@@ -129,3 +129,35 @@ def test_verdict_needs_small_errors_finite_output_and_telling_controls():
     assert not mqc.verdict(np.array([1.0, np.nan]), ok_errs, [0.3])
     assert not mqc.verdict(got, ok_errs, [0.3, 4 * mqc.TOL])  # a wrong kernel the tolerance might hide
     assert mqc.verdict(got, ok_errs, [])  # Q4_K: no control
+
+
+@pytest.mark.parametrize("qtype", sorted(set(mqc.F16_SCALES)))
+def test_f16_scale_offsets_are_where_gguf_reads_the_scales(qtype):
+    # the same random bits with every f16 scale doubled must give exactly doubled weights
+    elems = mqc.BLOCK[qtype][0]
+    one = mqc.random_blocks(qtype, 2, 2 * max(elems, 256), np.random.default_rng(7), scale=0.01)
+    two = mqc.random_blocks(qtype, 2, 2 * max(elems, 256), np.random.default_rng(7), scale=0.02)
+    w1, w2 = mqc.dequantize(qtype, one), mqc.dequantize(qtype, two)
+    assert np.isfinite(w1).all() and w1.std() > 0
+    assert np.array_equal(w2, 2 * w1)
+
+
+def test_iq4_xs_blocks_keep_to_the_lower_half_of_the_codebook():
+    blocks = mqc.random_blocks("IQ4_XS", 3, 512, np.random.default_rng(8)).reshape(3, 2, 136)
+    assert (blocks[:, :, 8:] & 0x88 == 0).all()
+    assert (blocks[:, :, 8:] & 0x77 != 0).any()
+
+
+def test_quantize_q8_0_rounds_to_even_and_stores_d_as_f16():
+    # amax 127 -> id = 1, d = 1: the values round as _mm256_round_ps does (to even; roundf would
+    # give 3 and 4 for 2.5 and 3.5... and -1 for -0.5)
+    x = np.zeros(64, np.float32)
+    x[:4] = [127.0, 2.5, 3.5, -0.5]
+    got = mqc.quantize_q8_0(x)
+    assert got[:4].tolist() == [127.0, 2.0, 4.0, 0.0] and (got[32:] == 0).all()
+    # d is kept as f16: amax 100 -> d = f16(100 / 127), q = rint(x * 127 / 100)
+    y = np.zeros(32, np.float32)
+    y[:2] = [100.0, 50.0]
+    d16 = float(np.float16(np.float32(100.0) / np.float32(127.0)))
+    assert mqc.quantize_q8_0(y)[:2].tolist() == [np.float32(127 * d16), np.float32(64 * d16)]
+    assert mqc.VEC_DOT["Q8_0"] == "Q8_0" and mqc.VEC_DOT["Q4_K"] == mqc.VEC_DOT["IQ1_S"] == "Q8_K"
