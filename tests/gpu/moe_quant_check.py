@@ -61,8 +61,8 @@ VEC_DOT = {t: ("Q8_0" if t in ("Q4_0", "Q5_0", "Q8_0") else "Q8_K") for t in BLO
 CONTROLS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q4_0", "Q5_0", "Q8_0")
 # IQ4_XS: iqk's x86 kernel (before and after 0003) multiplies kvalue + 128 (1..241) by the Q8_K
 # activations with _mm256_maddubs_epi16, whose int16 pair sums saturate for large weights on large
-# activations; uniformly random 4-bit indices hit that often (5e-2 error here), real weights
-# rarely. The check keeps to indices 0..7 (kvalue + 128 <= 118: no pair can saturate) so that it
+# activations; uniformly random 4-bit indices hit that often (5e-2 error here; how often real
+# experts do was not measured). The check keeps to indices 0..7 (kvalue + 128 <= 118: no pair can saturate) so that it
 # tests the arithmetic; qs starts at byte 8 of the block.
 CODEBOOK_MASK = {"IQ4_XS": (8, 0x77)}
 
