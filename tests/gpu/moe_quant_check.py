@@ -46,8 +46,8 @@ QK_K = 256
 # ggml type ids (ggml.h)
 GGML = {"F32": 0, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14,
         "IQ2_XXS": 16, "IQ1_S": 19, "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30}
-# (elements, bytes) per block, and the byte offsets of the block's f16 scales (d, and dmin where there
-# is one): ggml-common.h's block structs
+# (elements, bytes) per block, and (F16_SCALES) the byte offsets of the block's f16 scales (d, and
+# dmin where there is one): ggml-common.h's block structs
 BLOCK = {"Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q2_K": (256, 84), "Q3_K": (256, 110),
          "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210), "IQ2_XXS": (256, 66), "IQ1_S": (256, 50),
          "IQ4_XS": (256, 136), "IQ1_M": (256, 56)}
@@ -62,14 +62,14 @@ CONTROLS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q4_0", "Q5_0", "Q
 # IQ4_XS: iqk's x86 kernel (before and after 0003) multiplies kvalue + 128 (1..241) by the Q8_K
 # activations with _mm256_maddubs_epi16, whose int16 pair sums saturate for large weights on large
 # activations; uniformly random 4-bit indices hit that often (5e-2 error here; how often real
-# experts do was not measured). The check keeps to indices 0..7 (kvalue + 128 <= 118: no pair can saturate) so that it
-# tests the arithmetic; qs starts at byte 8 of the block.
+# experts do was not measured). The check keeps to indices 0..7 (kvalue + 128 <= 118: no pair can
+# saturate), so that it tests the arithmetic; qs starts at byte 8 of the block.
 CODEBOOK_MASK = {"IQ4_XS": (8, 0x77)}
 
 EXPERTS, ROUTED, HIDDEN, INTER = 8, 3, 1024, 512
 STRIDE, GROUP_MIN, GROUP_MAX = 64, 10, 1024  # what KTransformers' KExpertsCPU passes
 TOKENS = (1, 12)  # forward_one, forward_many
-TOL = 1e-2  # per token: relative L2 error against the Q8_K reference (see the module docstring)
+TOL = 1e-2  # per token: relative L2 error against the quantized-activation reference (module docstring)
 UNSUPPORTED = "llamafile_sgemm has no kernel for"
 
 
