@@ -123,12 +123,57 @@ def test_real_series_names_only_existing_patches():
             assert patch["content"].count("+++ b/") >= 1
 
 
-@pytest.mark.skipif(not os.environ.get("KTDEPLOY_KT_TREES"), reason="set KTDEPLOY_KT_TREES=DIR:VERSION,... to check real trees")
-def test_series_applies_to_real_trees(tmp_path):
+BACKPORT = "0003-backport-x86-iq1s-iq2xxs-expert-kernels.patch"
+BACKPORTED_FILES = ["third_party/llamafile/iqk_mul_mat.inc", "third_party/llamafile/sgemm.h", "third_party/llamafile/tinyblas_cpu_sgemm.inc"]
+
+
+def test_backport_is_only_in_the_sdist_series_after_the_others():
+    sdist = [p["name"] for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1")]
+    assert sdist[-1] == BACKPORT and sdist[0].startswith("0001-") and sdist[1].startswith("0002-")
+    # v0.2.3post2 ships these kernels: the backport there would be reported as already applied
+    tag = [p["name"] for p in build.load_series(str(SERIES_ROOT), "v0.2.3post2")]
+    assert BACKPORT not in tag and tag == sdist[:2]
+
+
+def test_backport_touches_only_the_three_llamafile_files():
+    content = next(p["content"] for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1") if p["name"] == BACKPORT)
+    targets = [line[len("+++ b/"):].split("\t")[0] for line in content.splitlines() if line.startswith("+++ ")]
+    assert targets == BACKPORTED_FILES
+    header = content.split("\n--- a/", 1)[0]
+    for hunk_source in ("#754", "#847", "26bd889f", "v0.2.3post2", "Apache-2.0"):
+        assert hunk_source in header
+
+
+def _trees() -> dict[str, str]:
+    out = {}
     for item in os.environ["KTDEPLOY_KT_TREES"].split(","):
         tree, version = item.rsplit(":", 1)
+        out[build.version_dir(version)] = tree
+    return out
+
+
+@pytest.mark.skipif(not os.environ.get("KTDEPLOY_KT_TREES"), reason="set KTDEPLOY_KT_TREES=DIR:VERSION,... to check real trees")
+def test_series_applies_to_real_trees(tmp_path):
+    for version, tree in _trees().items():
         work = tmp_path / version
         subprocess.run(["cp", "-a", tree, str(work)], check=True)
         series = build.load_series(str(SERIES_ROOT), version)
         assert run_module(work, series)["applied"] == [p["name"] for p in series]
         assert run_module(work, series)["already_applied"] == [p["name"] for p in series]
+
+
+@pytest.mark.skipif(
+    not {"0.2.1.post1", "0.2.3post2"} <= set(_trees() if os.environ.get("KTDEPLOY_KT_TREES") else {}),
+    reason="set KTDEPLOY_KT_TREES=SDIST_DIR:0.2.1.post1,TAG_DIR:v0.2.3post2 to compare the backport with the tag",
+)
+def test_backport_makes_the_sdist_files_those_of_the_tag(tmp_path):
+    trees = _trees()
+    work, tag = tmp_path / "sdist", tmp_path / "tag"
+    subprocess.run(["cp", "-a", trees["0.2.1.post1"], str(work)], check=True)
+    subprocess.run(["cp", "-a", trees["0.2.3post2"], str(tag)], check=True)
+    assert all((work / f).read_bytes() != (tag / f).read_bytes() for f in BACKPORTED_FILES)
+    run_module(work, build.load_series(str(SERIES_ROOT), "0.2.1.post1"))
+    assert all((work / f).read_bytes() == (tag / f).read_bytes() for f in BACKPORTED_FILES)
+    backport = [p for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1") if p["name"] == BACKPORT]
+    result = run_module(tag, backport)
+    assert result["already_applied"] == [BACKPORT] and result["changed"] is False
