@@ -139,6 +139,11 @@ def default_variant() -> str:
     return _data()["defaults"]["variant"]
 
 
+def kt_backports() -> list[dict]:
+    """[{patch, kernels_of}]: series patches that give a version a later release's CPU expert kernels."""
+    return list(_data().get("kt_backports") or [])
+
+
 def default_kt_version() -> str:
     return _data()["defaults"]["kt_version"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from ktdeploy import catalog, gguf_header
-from ktdeploy.plan import Finding, parse_kt_version
+from ktdeploy.plan import Finding, kernel_version, parse_kt_version
 
 LEGACY_TYPES = frozenset({"F32", "F16", "BF16", "Q4_0", "Q5_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"})
 LEGACY_EXPERT_TYPES = frozenset({"IQ1_S", "IQ2_XXS"})
@@ -113,7 +113,8 @@ def _check_shards(headers: dict, var: catalog.Variant) -> list[Finding]:
 
 
 def _check_types(files: list[dict], version: Version, version_text: str) -> list[Finding]:
-    allowed_exps = LEGACY_TYPES | (LEGACY_EXPERT_TYPES if version >= EXPERT_TYPES_SINCE else frozenset())
+    iq_experts = kernel_version(version_text) >= EXPERT_TYPES_SINCE  # v0.2.3, or an older one with the backport
+    allowed_exps = LEGACY_TYPES | (LEGACY_EXPERT_TYPES if iq_experts else frozenset())
     bad: dict[str, list[str]] = {}
     split_kv_b = []
     for h in files:
@@ -128,7 +129,7 @@ def _check_types(files: list[dict], version: Version, version_text: str) -> list
             "gguf_tensor_type",
             f"{len(names)} tensor(s) of type {ttype} (e.g. {names[0]}) cannot be loaded by KTransformers "
             f"{version_text}" + (
-                (" outside the routed experts" if version >= EXPERT_TYPES_SINCE
+                (" outside the routed experts" if iq_experts
                  else f" (routed experts of this type need v{EXPERT_TYPES_SINCE} or later)")
                 if ttype in LEGACY_EXPERT_TYPES else ""),
         )

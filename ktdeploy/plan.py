@@ -170,6 +170,21 @@ def parse_kt_version(text: str) -> Version:
         ) from None
 
 
+def kernel_version(kt_version: str) -> Version:
+    """The release whose CPU expert kernels `kt_version` has once ktdeploy's patch series is applied
+    (catalog `kt_backports`); the version itself when its series backports none."""
+    from ktdeploy.build import series_entries, version_dir
+    from ktdeploy.resources import share_dir
+
+    version = parse_kt_version(kt_version)
+    series = share_dir() / "patches" / "ktransformers" / version_dir(kt_version) / "series"
+    patches = {Path(entry).name for entry in series_entries(series.read_text())} if series.is_file() else set()
+    for backport in catalog.kt_backports():
+        if backport["patch"] in patches:
+            version = max(version, parse_kt_version(backport["kernels_of"]))
+    return version
+
+
 def effective_cpus(facts: Facts) -> int:
     cores = facts.cpu.physical_cores
     if facts.cpu_quota is None:
@@ -415,12 +430,13 @@ def _check_ktransformers(plan: Plan, version: Version, problems: list[Finding], 
                 "on x86, upstream #825): choose UD-IQ1_S or UD-IQ2_XXS, or the llama.cpp engine",
             )
         )
-    elif version < parse_kt_version(var.min_kt_version):
+    elif kernel_version(plan.kt_version) < parse_kt_version(var.min_kt_version):
         problems.append(
             Finding(
                 "kt_version_too_old",
                 f"KTransformers {plan.kt_version} cannot run {var.name} (empty or garbled output): it needs "
-                f"{var.min_kt_version} or later; the default is {catalog.default_kt_version()}",
+                f"{var.min_kt_version} or later (or a patch series that backports its kernels); the default is "
+                f"{catalog.default_kt_version()}",
             )
         )
     flags = f.cpu.flags

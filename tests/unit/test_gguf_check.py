@@ -139,8 +139,10 @@ def test_tiny_model_passes_the_deep_check_on_both_engines(tiny_models, profile):
     assert gguf_check.check(headers, name, engine="llama.cpp") == []
 
 
-def test_tiny_iq1s_is_refused_by_ktransformers_0_2_1(tiny_models):
+def test_tiny_iq1s_is_refused_by_ktransformers_0_2_1_without_the_backport(tiny_models, monkeypatch):
     headers = gguf_check.read_dir_local(tiny_models["iq1s"].gguf_dir)
+    assert gguf_check.check(headers, "tiny-dsv3-iq1s", kt_version="v0.2.1.post1") == []  # series has 0003
+    monkeypatch.setattr(gguf_check.catalog, "kt_backports", lambda: [])
     problems = gguf_check.check(headers, "tiny-dsv3-iq1s", kt_version="v0.2.1.post1")
     assert codes(problems) == ["gguf_tensor_type", "gguf_tensor_type"]
     assert "IQ1_S" in problems[0].message and "need v0.2.3 or later" in problems[0].message

@@ -434,10 +434,20 @@ def test_tiny_iq1s_fits_the_h200_on_ktransformers_v0_2_3post2():
     assert d["serve"]["optimize_rule"] == SINGLE and d["build"]["kt_version"] == "v0.2.3post2"
 
 
-def test_tiny_k_runs_on_0_2_1_post1_and_tiny_iq1s_does_not():
+def test_tiny_k_runs_on_0_2_1_post1_and_tiny_iq1s_only_with_the_backport(monkeypatch):
     assert plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-k", kt_version="v0.2.1.post1").problems == []
+    # the 0.2.1.post1 series carries 0003 (v0.2.3post2's IQ1_S/IQ2_XXS kernels): the tutorial's patched sdist
+    assert plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-iq1s", kt_version="v0.2.1.post1").problems == []
+    assert plan_of("spr-8480-snc2-h100", "UD-IQ1_S", kt_version="0.2.1.post1").fits
+    monkeypatch.setattr(catalog, "kt_backports", lambda: [])
     old = plan_of("h200-ubuntu2404-16vcpu", "tiny-dsv3-iq1s", kt_version="v0.2.1.post1")
     assert [x.code for x in old.problems] == ["kt_version_too_old"] and "v0.2.3" in old.problems[0].message
+
+
+def test_kernel_version_counts_the_series_backports():
+    assert str(plan.kernel_version("0.2.1.post1")) == "0.2.3.post2"
+    assert str(plan.kernel_version("v0.2.1")) == "0.2.1"  # no series for it: no backport
+    assert str(plan.kernel_version("v0.2.3post2")) == "0.2.3.post2"
 
 
 def test_tiny_models_fit_the_ci_machine_on_llama_cpp():
