@@ -23,6 +23,32 @@ else
   cp -f "$src/$archive" "$src/SHA256SUMS" "$carry/"
 fi
 
+# The PyPI sdist of 0.2.1.post1 (the tutorial's route; KTD_GPU_KT=0.2.1.post1 in run.sh), fetched from
+# the index pip is configured with and checked against its known sha256. pip download would run its
+# setup.py, which needs a CUDA torch.
+if [ "${KTD_CARRY_SDIST:-yes}" != skip ]; then
+  python3 - "$carry" <<'PY'
+import hashlib, sys, urllib.request
+from pathlib import Path
+sys.path.insert(0, ".")
+from pip._internal.configuration import Configuration
+from pip._internal.models.index import PyPI
+from ktdeploy import build
+c = Configuration(isolated=False); c.load(); d = dict(c.items())
+index = (d.get(":env:.index-url") or d.get("global.index-url") or PyPI.simple_url).rstrip("/")
+page = f"{index}/ktransformers/"
+name = "ktransformers-0.2.1.post1.tar.gz"
+with urllib.request.urlopen(page, timeout=60) as r:
+    url = build.sdist_link(r.read().decode(), page, name)["url"]
+dest = Path(sys.argv[1]) / name
+data = urllib.request.urlopen(url, timeout=300).read()
+want = build.KNOWN_SDIST_SHA256["0.2.1.post1"]
+if hashlib.sha256(data).hexdigest() != want:
+    sys.exit(f"gather.sh: {name} from the index is not the known sdist (sha256 {want})")
+dest.write_bytes(data)
+PY
+fi
+
 mapfile -t wanted < <(grep -vE '^\s*(#|$)' tests/gpu/wheels.txt)
 binary=() ; sdist=()
 for req in "${wanted[@]}"; do

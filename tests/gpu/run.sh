@@ -4,7 +4,8 @@
 #   ktdeploy installed into the torch env from .gpucarry/wheels (tests/gpu/gather.sh made it)
 #   -> a tiny DeepSeek-V3 model written on the spot -> ktdeploy provision (plan, base, python_env =
 #   the machine's torch env, cuda/torch verified, KTransformers v0.2.3post2 built from the offline
-#   archive with the patch series, served under supervisord) -> status --deep -> chat -> a second
+#   archive (or 0.2.1.post1 from the PyPI sdist: KTD_GPU_KT=0.2.1.post1) with the patch series,
+#   served under supervisord) -> status --deep -> chat -> a second
 #   provision that must change nothing and skip the build.
 # Long: run it detached and follow it with tests/gpu/poll.sh (the device tool's calls end at 10 min).
 #   setsid bash tests/gpu/run.sh </dev/null >/dev/null 2>&1 &  bash tests/gpu/poll.sh
@@ -16,6 +17,8 @@ state=${KTD_GPU_STATE:-/tmp/ktd-gpu}
 py=${KTD_GPU_PYTHON:-/opt/torch/.venv/bin/python3}
 carry=$repo/.gpucarry
 experts=${KTD_GPU_EXPERTS:-iq1s}
+# v0.2.3post2 from the offline archive, or 0.2.1.post1 from the PyPI sdist (the tutorial's patched route)
+kt_version=${KTD_GPU_KT:-v0.2.3post2}
 models=/srv/ktdeploy/models
 # Debian packages the base role wants: the build tools this image has (cmake and ninja come from the
 # torch env's pip); KTD_GPU_FORCE=1 goes past plan problems (a rehearsal on a host without a GPU).
@@ -84,9 +87,13 @@ all:
         python_env_pip_no_index: true
         python_env_pip_find_links: ["$carry/wheels"]
         cuda_install: false
-        ktransformers_source: tarball
-        ktransformers_tarball: $carry/ktransformers-0.2.3post2-offline.tar.gz
-        ktransformers_tarball_sha256: $tarball_sha
+$(if [ "$kt_version" = 0.2.1.post1 ]; then
+  printf '        ktransformers_source: sdist\n        ktransformers_sdist_path: %s\n' "$carry/ktransformers-0.2.1.post1.tar.gz"
+else
+  printf '        ktransformers_source: tarball\n        ktransformers_tarball: %s\n        ktransformers_tarball_sha256: %s\n' \
+    "$carry/ktransformers-0.2.3post2-offline.tar.gz" "$tarball_sha"
+fi)
+        plan_kt_version: $kt_version
         plan_model_variant: $variant
         model_download_enabled: false
         serve_supervisor_from: pip
@@ -101,7 +108,7 @@ YAML
 cp "$state/inventory/hosts.yml" "$out/"
 "$py" -c "import ktdeploy.attention_route as a; exec(a.PROBE)" >"$out/python-env.json"
 
-step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --model "$variant" $force
+step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --model "$variant" --kt-version "$kt_version" $force
 step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain $force
 cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
 note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
