@@ -4,7 +4,8 @@
 # the GPU machine's Python (3.12, manylinux x86_64) and the KTransformers offline source archive.
 # Usage: bash tests/gpu/gather.sh [SHARED_DIR]   (default: ../shared beside the checkout)
 # KTD_CARRY_DIR (default .gpucarry) and KTD_CARRY_PYTHON (default 3.12, the GPU machine's) choose
-# where to and for which Python (the lab test rehearses the run on Debian 12's 3.11).
+# where to and for which Python (the lab test rehearses the run on Debian 12's 3.11);
+# KTD_CARRY_ARCHIVE=skip and KTD_CARRY_SDIST=skip leave out the KTransformers sources.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 shared=${1:-../shared}
