@@ -18,8 +18,8 @@ def render(host, inventory, profile, extra, manager, output_dir):
     """Preview the service files for HOST without touching it."""
     from pathlib import Path
 
-    from ktdeploy.cli.provision_cmd import _extravars
     from ktdeploy.profiles import load as load_profile
+    from ktdeploy.provisioning import parse_extravars
     from ktdeploy.render import rendered_files
     from ktdeploy.targets import targets_from_inventory
 
@@ -28,7 +28,7 @@ def render(host, inventory, profile, extra, manager, output_dir):
         overrides.update(targets_from_inventory(inventory, limit=[host])[0].hostvars)
     if profile:
         overrides.update(load_profile(profile))
-    overrides.update(_extravars(extra))
+    overrides.update(parse_extravars(extra))
     if manager:
         overrides["serve_service_manager"] = manager
     files = rendered_files(host, overrides)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ktdeploy.cli import main, provision_cmd
+from ktdeploy import engine, provisioning
+from ktdeploy.cli import main
 
 SITE = """
 - name: Provision
@@ -24,16 +25,16 @@ SITE = """
 @pytest.fixture
 def site_tags(tmp_path, monkeypatch):
     (tmp_path / "site.yml").write_text(SITE)
-    monkeypatch.setattr(provision_cmd, "playbooks_dir", lambda: tmp_path)
+    monkeypatch.setattr(provisioning, "playbooks_dir", lambda: tmp_path)
 
 
 @pytest.fixture
 def engine_calls(monkeypatch):
     """Fails the test if bad input let anything reach Ansible."""
     calls = []
-    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr(provision_cmd, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(provisioning, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append(a))
     return calls
 
 
@@ -42,7 +43,7 @@ def run(*args):
 
 
 def test_role_tags_are_read_from_site_yml(site_tags):
-    assert provision_cmd.site_role_tags() == ["base", "python_env"]
+    assert provisioning.site_role_tags() == ["base", "python_env"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -84,7 +85,7 @@ def test_limit_naming_a_host_not_in_the_inventory_exits_2(tmp_path, engine_calls
 
 def test_valid_request_maps_roles_to_tags_and_check_to_check_with_diff(site_tags, engine_calls, monkeypatch):
     captured = {}
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw, pb=pb) or stop())
+    monkeypatch.setattr(engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw, pb=pb) or stop())
     result = run("root@10.0.0.1:2222", "admin@gpu2", "--limit", "10.0.0.1:2222", "--only", "base",
                  "--skip", "python_env", "-e", "a=1", "--check", "--plain")
     assert result.exit_code == 99, result.output
@@ -122,7 +123,7 @@ def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host
 
 
 def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
-    request = provision_cmd.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
+    request = provisioning.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
     assert request.extravars["serve_engine"] == "llamacpp"
     assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
     assert request.extravars["serve_api_port"] == "9000"
@@ -141,8 +142,8 @@ def test_plan_problems_stop_before_anything_changes(tmp_path, runs_dir, local_ho
 
 def test_force_goes_on_and_tells_the_play(tmp_path, runs_dir, local_host, monkeypatch):
     captured = {}
-    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: [])
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw) or stop())
+    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: [])
+    monkeypatch.setattr(engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw) or stop())
     inv = tmp_path / "hosts.yml"
     inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
     result = run("-i", str(inv), "--plain", "--force")
