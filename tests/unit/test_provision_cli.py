@@ -150,3 +150,14 @@ def test_force_goes_on_and_tells_the_play(tmp_path, runs_dir, local_host, monkey
     assert result.exit_code == 99, result.output
     assert "problem (forced past)" in result.output
     assert captured["extravars"]["plan_force"] is True
+
+
+@pytest.mark.parametrize("command", ["provision", "status", "preflight", "download"])
+@pytest.mark.parametrize("port", ["abc", 99999])
+def test_inventory_port_that_is_no_port_exits_2_before_anything_runs(tmp_path, engine_calls, command, port):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": {"ansible_host": "127.0.0.1", "ansible_port": port}}}}))
+    result = CliRunner().invoke(main, [command, "-i", str(inv)])
+    assert result.exit_code == 2, result.output
+    assert f"gpu1: ansible_port {str(port)!r} in inventory {inv} is not a port" in result.output
+    assert engine_calls == []
