@@ -74,7 +74,7 @@ def target_item_names(target, variant_name: str | None) -> list[str]:
 
 
 def _host_setting(target, name: str, owner: str) -> str:
-    from ktdeploy.variables import role_defaults
+    from ktdeploy.variables import role_defaults  # not at the top: the filter plugins import this module
 
     value = target.hostvars.get(name, role_defaults(owner).get(name))
     if isinstance(value, str) and "{{" in value:  # e.g. "{{ base_state_dir }}/downloads"

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ktdeploy import connect, profiles
+from ktdeploy import connect, profiles, variables
 from ktdeploy.errors import BadInput, Unreachable
 from ktdeploy.plan import DEFAULT_MODEL_DIR
 from ktdeploy.preflight import PlanOptions, preflight_or_raise
 from ktdeploy.resources import playbooks_dir
-from ktdeploy.targets import Target, inventory_from_targets, parse_targets, targets_from_inventory
+from ktdeploy.targets import Target, inventory_from_targets, parse_targets, port_number, targets_from_inventory
 
 Say = Callable[[str], None]
 
@@ -38,6 +38,7 @@ class ProvisionRequest:
     skip_tags: list[str] = field(default_factory=list)
     extravars: dict = field(default_factory=dict)
     check: bool = False
+    warnings: list[str] = field(default_factory=list)  # for the user: -e names no role reads
 
 
 def site_role_tags() -> list[str]:
@@ -69,13 +70,17 @@ def role_tags(values: tuple[str, ...], option: str) -> list[str]:
 
 
 def parse_extravars(pairs: tuple[str, ...]) -> dict:
-    """`-e KEY=VALUE` pairs as a dict (values stay strings, as Ansible's `-e key=value` has them)."""
+    """`-e KEY=VALUE` pairs as a dict (values stay strings, as Ansible's `-e key=value` has them).
+
+    BadInput (exit 2) for a pair that is not KEY=VALUE or a port variable that is no port.
+    """
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise BadInput(f"-e {pair!r} is not KEY=VALUE", hint="pass variables as -e name=value")
         out[key] = value
+    variables.check_ports(out)
     return out
 
 
@@ -100,10 +105,16 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
         # Selected here rather than by Ansible's --limit: names like HOST:PORT are not patterns.
         targets = [t for t in targets if not wanted or t.name in wanted]
         inv, wanted = inventory_from_targets(targets), None
+    given = parse_extravars(extra)
+    if inventory:
+        for t in targets:
+            variables.check_ports({k: v for k, v in t.hostvars.items() if k not in given},
+                                  where=f"inventory {inventory}", host=t.name)
     return ProvisionRequest(
         targets=targets, inventory=inv, limit=wanted,
         tags=role_tags(only, "--only"), skip_tags=role_tags(skip, "--skip"),
-        extravars={**(profiles.load(profile) if profile else {}), **parse_extravars(extra)}, check=check,
+        extravars={**(profiles.load(profile) if profile else {}), **given}, check=check,
+        warnings=variables.unknown_warnings(given),
     )
 
 
@@ -123,7 +134,7 @@ def plan_options(request: ProvisionRequest, target: Target) -> PlanOptions:
         variant=s.get("plan_model_variant") or None,
         engine=s.get("plan_engine") or "ktransformers",
         kt_version=s.get("plan_kt_version") or None,
-        port=int(s["plan_port"]) if s.get("plan_port") else None,
+        port=port_number(s["plan_port"]) if s.get("plan_port") else None,  # checked (a template: the default)
         model_dir=s.get("plan_model_dir") or s.get("base_model_dir") or DEFAULT_MODEL_DIR,
         python_env=s.get("python_env_python") or (f"{s['python_env_path']}/bin/python" if s.get("python_env_path") else ""),
     )

@@ -40,6 +40,8 @@ def provision(hosts, inventory, limit, check, only, skip, extra, profile, force,
     4 the plan has problems (nothing changed; --force goes on).
     """
     request = provisioning.build_request(hosts, inventory, limit, only, skip, extra, check, profile)
+    for warning in request.warnings:
+        say(warning)
     provisioning.check_connections(request, say)
     provisioning.preflight(request, force, say)
     display = make_display(plain=plain)

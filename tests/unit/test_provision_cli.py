@@ -161,3 +161,40 @@ def test_inventory_port_that_is_no_port_exits_2_before_anything_runs(tmp_path, e
     assert result.exit_code == 2, result.output
     assert f"gpu1: ansible_port {str(port)!r} in inventory {inv} is not a port" in result.output
     assert engine_calls == []
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("plan_port=abc", "-e plan_port='abc' is not a port"),
+    ("plan_port=70000", "-e plan_port='70000' is not a port"),
+    ("serve_api_port=abc", "-e serve_api_port='abc' is not a port"),
+    ("serve_webui_port=0", "-e serve_webui_port='0' is not a port"),
+    ("ansible_port=22x", "-e ansible_port='22x' is not a port"),
+])
+def test_a_port_variable_that_is_no_port_exits_2_before_anything_runs(pair, message, site_tags, engine_calls):
+    result = run("a", "-e", pair)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "fix: use a number from 1 to 65535" in result.output
+    assert engine_calls == []
+
+
+def test_an_inventory_port_variable_that_is_no_port_exits_2(tmp_path, site_tags, engine_calls):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": {"plan_port": "abc"}}}}))
+    result = run("-i", str(inv))
+    assert result.exit_code == 2, result.output
+    assert f"gpu1: plan_port 'abc' in inventory {inv} is not a port" in result.output
+    assert engine_calls == []
+
+
+def test_empty_plan_port_means_the_default(site_tags, engine_calls, monkeypatch):
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: stop())
+    assert run("a", "-e", "plan_port=", "-e", "serve_api_port=9000").exit_code == 99
+
+
+def test_unknown_variable_warns_naming_the_closest_known_one_and_goes_on(site_tags, engine_calls, monkeypatch):
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: stop())
+    result = run("a", "-e", "serve_api_prot=9000", "-e", "zzqq=1", "-e", "ansible_user=admin", "-e", "plan_force=true")
+    assert result.exit_code == 99, result.output
+    assert "warning: -e serve_api_prot is not a variable of any role; did you mean serve_api_port?" in result.output
+    assert "warning: -e zzqq is not a variable of any role" in result.output
+    assert "ansible_user" not in result.output and "plan_force" not in result.output
