@@ -41,15 +41,31 @@ class ProvisionRequest:
     warnings: list[str] = field(default_factory=list)  # for the user: -e names no role reads
 
 
-def site_role_tags() -> list[str]:
-    """The tags given to roles in playbooks/site.yml (what --only and --skip accept)."""
+# Ansible's special tags: not roles, so --only/--skip refuse them.
+SPECIAL_TAGS = ("always", "never", "all", "tagged", "untagged")
+
+
+def _site_roles() -> list[tuple[str, list[str]]]:
+    """(role, its tags) for every role in playbooks/site.yml."""
     plays = yaml.safe_load((playbooks_dir() / "site.yml").read_text()) or []
-    tags: set[str] = set()
+    out = []
     for play in plays:
         for role in play.get("roles") or []:
-            role_tags = role.get("tags", []) if isinstance(role, dict) else []
-            tags.update([role_tags] if isinstance(role_tags, str) else role_tags)
-    return sorted(tags)
+            if not isinstance(role, dict):
+                continue
+            role_tags = role.get("tags", [])
+            out.append((str(role.get("role", "")), [role_tags] if isinstance(role_tags, str) else list(role_tags)))
+    return out
+
+
+def site_role_tags() -> list[str]:
+    """The tags given to roles in playbooks/site.yml (what --only and --skip accept)."""
+    return sorted({t for _, tags in _site_roles() for t in tags if t not in SPECIAL_TAGS})
+
+
+def required_role_tags() -> list[str]:
+    """The tags of roles that run whatever --only says (tag `always`): --skip may not name them."""
+    return sorted({t for _, tags in _site_roles() if "always" in tags for t in tags if t not in SPECIAL_TAGS})
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
@@ -67,6 +83,21 @@ def role_tags(values: tuple[str, ...], option: str) -> list[str]:
             hint=f"use roles from playbooks/site.yml: {', '.join(valid) or '(none defined yet)'}",
         )
     return wanted
+
+
+def only_and_skip(only: tuple[str, ...], skip: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """--only and --skip as tags; BadInput for an unknown role, a role in both, a role that must run."""
+    tags, skip_tags = role_tags(only, "--only"), role_tags(skip, "--skip")
+    both = [t for t in tags if t in skip_tags]
+    if both:
+        raise BadInput(f"{', '.join(both)} is named by both --only and --skip",
+                       hint="name each role in one of them")
+    required = [t for t in skip_tags if t in required_role_tags()]
+    if required:
+        raise BadInput(f"--skip {', '.join(required)}: the {required[0]} role cannot be skipped; "
+                       "every later role reads the plan it makes (it changes nothing on the host)",
+                       hint=f"leave {required[0]} out of --skip; to run some roles only, use --only ROLE,...")
+    return tags, skip_tags
 
 
 def parse_extravars(pairs: tuple[str, ...]) -> dict:
@@ -105,6 +136,7 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
         # Selected here rather than by Ansible's --limit: names like HOST:PORT are not patterns.
         targets = [t for t in targets if not wanted or t.name in wanted]
         inv, wanted = inventory_from_targets(targets), None
+    tags, skip_tags = only_and_skip(only, skip)
     given = parse_extravars(extra)
     if inventory:
         for t in targets:
@@ -112,7 +144,7 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
                                   where=f"inventory {inventory}", host=t.name)
     return ProvisionRequest(
         targets=targets, inventory=inv, limit=wanted,
-        tags=role_tags(only, "--only"), skip_tags=role_tags(skip, "--skip"),
+        tags=tags, skip_tags=skip_tags,
         extravars={**(profiles.load(profile) if profile else {}), **given}, check=check,
         warnings=variables.unknown_warnings(given),
     )

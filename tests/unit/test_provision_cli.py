@@ -16,6 +16,8 @@ SITE = """
 - name: Provision
   hosts: all
   roles:
+    - role: plan
+      tags: [plan, always]
     - role: base
       tags: [base]
     - {role: python_env, tags: python_env}
@@ -43,7 +45,7 @@ def run(*args):
 
 
 def test_role_tags_are_read_from_site_yml(site_tags):
-    assert provisioning.site_role_tags() == ["base", "python_env"]
+    assert provisioning.site_role_tags() == ["base", "plan", "python_env"]  # Ansible's `always` is no role
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -55,6 +57,10 @@ def test_role_tags_are_read_from_site_yml(site_tags):
     (["a", "--skip", "nope"], "--skip: unknown role(s) nope"),
     (["a", "-e", "novalue"], "-e 'novalue' is not KEY=VALUE"),
     (["a", "--profile", "gpu-turbo"], "unknown profile 'gpu-turbo'"),
+    (["a", "--only", "base,python_env", "--skip", "base"], "base is named by both --only and --skip"),
+    (["a", "--skip", "plan"], "--skip plan: the plan role cannot be skipped"),
+    (["a", "--only", "always"], "--only: unknown role(s) always"),
+    (["a", "--skip", "always"], "--skip: unknown role(s) always"),
 ])
 def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine_calls):
     result = run(*args)
@@ -64,7 +70,7 @@ def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine
 
 
 def test_unknown_role_lists_the_valid_ones(site_tags, engine_calls):
-    assert "use roles from playbooks/site.yml: base, python_env" in run("a", "--only", "gpu").output
+    assert "use roles from playbooks/site.yml: base, plan, python_env" in run("a", "--only", "gpu").output
 
 
 def test_malformed_inventory_exits_2(tmp_path, engine_calls):
