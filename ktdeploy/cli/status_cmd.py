@@ -65,7 +65,8 @@ def _cell(checks: list[st.Check]) -> str:
 @click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between --watch rounds (1 to 3600).")
 @click.option("--deep", is_flag=True, help="Also run a 1-token completion and a short streamed request (TTFT, tok/s).")
 @click.option("--model", help="Model id the API must list (default: the one the serving stage recorded).")
-@click.option("--connect-timeout", type=float, default=5.0, show_default=True, help="SSH connect timeout, seconds.")
+@click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+              help="SSH connect timeout, seconds (more than 0).")
 def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout):
     """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
 
@@ -174,7 +175,8 @@ def logs(host, service, inventory, follow, lines):
 @click.option("--api-key", envvar="KTDEPLOY_API_KEY", help="API key if the server wants one (env KTDEPLOY_API_KEY).")
 @click.option("--hide-reasoning", is_flag=True, help="Print only the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print {model, reasoning, answer, usage} as JSON (no streaming).")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="Seconds to wait for the reply (more than 0).")
 def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as_json, timeout):
     """Send PROMPT to the host's API and print the answer (reasoning apart, on stderr).
 

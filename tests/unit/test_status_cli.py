@@ -78,3 +78,13 @@ def test_ask_streams_answer_to_stdout_reasoning_apart_and_names_a_missing_key(ca
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("args", [["chat", "HOST", "hi", "--timeout", "-1"], ["chat", "HOST", "hi", "--timeout", "0"],
+                                  ["status", "HOST", "--connect-timeout", "-1"],
+                                  ["status", "HOST", "--connect-timeout", "0"]])
+def test_timeouts_must_be_positive_before_any_host_is_asked(args):
+    host = f"nobody@127.0.0.1:{free_port()}"  # refused: exit 3 if it were asked
+    r = CliRunner().invoke(main, [host if a == "HOST" else a for a in args])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{args[-2]}'" in r.output and "x>0" in r.output
