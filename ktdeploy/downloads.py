@@ -54,12 +54,38 @@ def item_names(variant_name: str | None) -> list[str]:
     return names
 
 
+def check_endpoint(source: str, endpoint: str | None) -> None:
+    """BadInput (exit 2) unless endpoint is an http(s) URL with a host (a mirror may also be an
+    absolute path on the host), checked here before anything runs on a host."""
+    from urllib.parse import urlsplit
+
+    from ktdeploy.errors import BadInput
+
+    if not endpoint:
+        return
+    if source == "mirror" and endpoint.startswith("/"):
+        return
+    what = "an http(s) URL or an absolute path" if source == "mirror" else "an http(s) URL"
+    example = "https://mirror.example/models or /data/mirror" if source == "mirror" else "https://hf-mirror.com"
+    try:
+        url = urlsplit(endpoint)
+        host = url.hostname
+        url.port  # noqa: B018  (raises ValueError for a port that is no port)
+    except ValueError as exc:
+        raise BadInput(f"--endpoint {endpoint!r} is not {what}: {exc}", hint=f"pass e.g. {example}") from None
+    if url.scheme not in ("http", "https") or any(c.isspace() for c in endpoint):
+        raise BadInput(f"--endpoint {endpoint!r} is not {what}", hint=f"pass e.g. {example}")
+    if not host:
+        raise BadInput(f"--endpoint {endpoint!r} names no host", hint=f"pass e.g. {example}")
+
+
 def download_extravars(variant_name: str | None, source: str, endpoint: str | None, verify: bool) -> dict:
     """The role computes its items from the plan's variant; --model sets that variant for both.
 
     The plan's hardware problems (no GPU, little RAM) do not stop a download: the role checks the
-    disk against the exact listing itself (plan_force).
+    disk against the exact listing itself (plan_force). BadInput for an unknown variant or endpoint.
     """
+    check_endpoint(source, endpoint)
     out = {"model_download_source": source, "model_download_rehash": verify, "plan_force": True}
     if variant_name:
         item_names(variant_name)  # an unknown or packaged variant is bad input before anything runs
@@ -121,6 +147,21 @@ def snapshot_exit_code(snapshot: dict, waited: bool) -> int:
     if all(d["phase"] in ok for v in snapshot.values() for d in v):
         return exitcodes.OK
     return exitcodes.FAILED
+
+
+def report(snapshot: dict, play_errors: dict[str, str] | None = None) -> list[dict]:
+    """`ktdeploy download --json`: per host its downloads, and an `error` when the play failed
+    there (its failed tasks) or the status could not be read."""
+    out = []
+    for host, docs in snapshot.items():
+        entry: dict = {"host": host}
+        if isinstance(docs, list):
+            entry["downloads"] = docs
+        error = (play_errors or {}).get(host) or (docs if isinstance(docs, str) else None)
+        if error:
+            entry["error"] = error
+        out.append(entry)
+    return out
 
 
 def describe(host: str, d: dict) -> str:

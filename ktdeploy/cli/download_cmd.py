@@ -82,18 +82,20 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, a
         display.stop()
         raise click.Abort() from None
     display.finish(result)
-    if result.exit_code != exitcodes.OK:
-        sys.exit(result.exit_code)
-    snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait
-            else downloads.poll(request.targets, variant))
+    failed = result.exit_code != exitcodes.OK
+    snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait and not failed
+            else downloads.poll(request.targets, variant))  # after a failed play: what the host has
+    play_errors = {t.name: "\n".join(ln for ln in result.failure_lines() if ln.startswith(f"{t.name}: "))
+                   for t in request.targets} if failed else {}
     if as_json:
-        click.echo(json.dumps([{"host": h, "downloads": v} if isinstance(v, list) else {"host": h, "error": v}
-                               for h, v in snap.items()], indent=1))
+        click.echo(json.dumps(downloads.report(snap, play_errors), indent=1))
     else:
         for host, docs in snap.items():
+            if isinstance(docs, str) and play_errors.get(host):
+                continue  # the recap above shows why
             for line in [f"{host}: {docs}"] if isinstance(docs, str) else [downloads.describe(host, d) for d in docs]:
                 click.echo(line)
-    sys.exit(downloads.snapshot_exit_code(snap, waited=wait))
+    sys.exit(result.exit_code if failed else downloads.snapshot_exit_code(snap, waited=wait))
 
 
 COMMANDS = [download]

@@ -123,3 +123,51 @@ def test_wait_polls_until_every_download_stopped(monkeypatch):
     monkeypatch.setattr(download_cmd, "POLL_SECONDS", 0)
     final = download_cmd.wait_with_progress([], None, plain=False)
     assert final["h"][0]["phase"] == "complete"
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """Fails the test if bad input let anything reach a host."""
+    from ktdeploy import engine, provisioning
+
+    calls = []
+    monkeypatch.setattr(provisioning, "check_connections", lambda *a, **k: calls.append("check"))
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append("play"))
+    return calls
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--endpoint", "not a url"], "--endpoint 'not a url' is not an http(s) URL"),
+    (["--source", "huggingface", "--endpoint", "ftp://mirror.example/hf"], "is not an http(s) URL"),
+    (["--endpoint", "https://"], "--endpoint 'https://' names no host"),
+    (["--source", "mirror", "--endpoint", "data/mirror"], "is not an http(s) URL or an absolute path"),
+])
+def test_an_endpoint_that_is_no_url_exits_2_before_anything_runs(args, message, nothing_runs):
+    r = CliRunner().invoke(main, ["download", "somehost", *args])
+    assert r.exit_code == exitcodes.BAD_INPUT, r.output
+    assert message in r.output and "fix: " in r.output
+    assert nothing_runs == []
+
+
+@pytest.mark.parametrize(("source", "endpoint"), [("huggingface", "https://hf-mirror.com"),
+                                                  ("modelscope", "http://10.0.0.9:8080/ms"),
+                                                  ("mirror", "/data/mirror"), ("mirror", "https://m.example/r1")])
+def test_good_endpoints_pass(source, endpoint):
+    downloads.check_endpoint(source, endpoint)
+
+
+def test_json_is_printed_when_a_download_fails(monkeypatch, tmp_path):
+    from ktdeploy import engine, provisioning
+    from ktdeploy.engine import HostStats, RunResult
+
+    monkeypatch.setattr(provisioning, "check_connections", lambda *a, **k: None)
+    failed = RunResult(status="failed", rc=2, artifact_dir=tmp_path, hosts={"h1": HostStats(ok=3, failed=1)})
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: failed)
+    monkeypatch.setattr(RunResult, "failure_lines", lambda self, limit=2000: ["h1: Start the downloads: disk full"])
+    monkeypatch.setattr(downloads, "poll", lambda targets, variant: {"h1": [_doc("failed")]})
+    r = CliRunner().invoke(main, ["download", "h1", "--json", "--plain"])
+    assert r.exit_code == exitcodes.FAILED, r.output
+    import json
+
+    assert json.loads(r.stdout) == [{"host": "h1", "downloads": [_doc("failed")],
+                                     "error": "h1: Start the downloads: disk full"}]
