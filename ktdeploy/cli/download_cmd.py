@@ -54,7 +54,8 @@ def wait_with_progress(targets: list[Target], variant_name: str | None, plain: b
 @click.option("--source", type=click.Choice(downloads.SOURCES), default="modelscope", show_default=True,
               help="Where the files come from.")
 @click.option("--endpoint", metavar="URL|PATH",
-              help="ModelScope endpoint, HF_ENDPOINT mirror (e.g. https://hf-mirror.com), or the mirror's URL/path.")
+              help="ModelScope endpoint, HF_ENDPOINT mirror (e.g. https://hf-mirror.com), or the mirror's URL "
+                   "or absolute path on the host; an http(s) URL with a host.")
 @click.option("--wait", is_flag=True, help="Stay until every download has finished, with a live progress bar.")
 @click.option("--verify", is_flag=True, help="Hash every file again, even those already verified.")
 @click.option("--json", "as_json", is_flag=True, help="Print the download status as JSON.")
