@@ -1,5 +1,9 @@
 """`ktdeploy chat`: one prompt to a host's API through an SSH tunnel, reasoning kept apart.
 
+`open_client` finds the API from a status probe and reaches it; `reply` asks for a whole answer,
+`stream_reply` yields it as ("reasoning"|"answer", text) parts; `api_errors` turns the OpenAI
+client's errors into one line naming the cause and the fix.
+
 The API binds 127.0.0.1 on the host, so the OpenAI client talks to a local port that Fabric forwards
 to the host's loopback. DeepSeek-R1 writes its reasoning between `<think>` and `</think>`; the
 tutorial pulls it out with `re.search(r'<think>(.*?)</think>', text, re.DOTALL)`. `split_think` does
@@ -13,6 +17,8 @@ import socket
 import time
 from contextlib import contextmanager
 from typing import Iterator
+
+from ktdeploy.errors import KtdeployError
 
 OPEN, CLOSE = "<think>", "</think>"
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -129,3 +135,73 @@ def api_port(target, remote_host: str, remote_port: int) -> Iterator[int]:
 
     with connection(target) as conn, tunnel(conn, remote_host, remote_port) as port:
         yield port
+
+
+@contextmanager
+def api_errors(host: str):
+    """OpenAI client errors as one line naming the cause and the fix."""
+    import openai
+
+    try:
+        yield
+    except openai.AuthenticationError:
+        raise KtdeployError(f"{host}: the API wants a key", hint="pass --api-key or set KTDEPLOY_API_KEY") from None
+    except openai.APIStatusError as exc:
+        raise KtdeployError(f"{host}: the API answered HTTP {exc.status_code}: {exc.message}") from None
+    except openai.APIError as exc:
+        raise KtdeployError(f"{host}: the API request failed: {exc}", hint=f"see `ktdeploy status {host}`") from None
+
+
+def ready_api(target, probe: dict, spec: str | None = None) -> dict:
+    """The probe's API entry when it answers; else KtdeployError naming why and where to look
+    (`ktdeploy status SPEC`, SPEC being how the user named the host)."""
+    api = probe.get("api")
+    if not api or not api.get("ok"):
+        why = (api or {}).get("error") or "no API service on this host"
+        raise KtdeployError(f"{target.name}: the API is not ready ({why})",
+                            hint=f"see `ktdeploy status {spec or target.name}`")
+    return api
+
+
+def default_model(api: dict) -> str | None:
+    """The model the serving stage recorded, else the first one the API lists."""
+    return api.get("expected_model") or (api.get("models") or [None])[0]
+
+
+@contextmanager
+def open_client(target, api: dict, *, api_key: str | None, timeout: float):
+    """An OpenAI client for the host's API (through an SSH port forward unless the target is local)."""
+    with api_port(target, api.get("address", "127.0.0.1"), api["port"]) as port:
+        from openai import OpenAI
+
+        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)
+
+
+def reply(client, model: str, prompt: str, max_tokens: int) -> dict:
+    """One whole reply: {model, reasoning, answer, usage} (`ktdeploy chat --json`)."""
+    messages = [{"role": "user", "content": prompt}]
+    r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+    msg = r.choices[0].message
+    reasoning, answer = split_think(msg.content or "")
+    reasoning = getattr(msg, "reasoning_content", None) or reasoning
+    usage = r.usage.model_dump() if r.usage else None
+    return {"model": model, "reasoning": reasoning, "answer": answer, "usage": usage}
+
+
+def stream_reply(client, model: str, prompt: str, max_tokens: int) -> Iterator[tuple[str, str]]:
+    """A streamed reply as ("reasoning"|"answer", text) parts, as soon as each is known.
+
+    A server's `reasoning_content` deltas are reasoning; content is split at `<think>`/`</think>`.
+    """
+    messages = [{"role": "user", "content": prompt}]
+    splitter = ThinkSplitter()
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True)
+    for chunk in stream:
+        for choice in chunk.choices or []:
+            delta = choice.delta
+            extra = getattr(delta, "reasoning_content", None)
+            if extra:
+                yield "reasoning", extra
+            if delta.content:
+                yield from splitter.feed(delta.content)
+    yield from splitter.flush()

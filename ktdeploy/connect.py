@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ktdeploy import engine
+from ktdeploy import engine, remote
 from ktdeploy.errors import KtdeployError
 
 CONNECT_TIMEOUT_S = 10
@@ -44,6 +44,29 @@ _CAUSES = [
     (r"python3?[^\n]*(not found|No such file)|interpreter discovery", "Python 3 is missing on the host",
      "install python3 on the host (apt-get install python3)"),
 ]
+
+
+# ssh's words when the port answered but no SSH greeting came (a closed, reset or silent handshake).
+_NO_GREETING = r"kex_exchange_identification|banner exchange|Connection (reset|closed) by"
+_PROXY = re.compile(r"Proxy(Command|Jump)|-J\b", re.I)
+
+
+def not_ssh_problem(message: str, hv: dict, host: str) -> tuple[str, str] | None:
+    """(cause, fix) when ssh failed at the greeting because the port is no SSH server, else None.
+
+    ssh cannot tell that apart from an sshd that drops the connection, so the port is asked
+    directly, as an SSH client would (not through a proxy: then the port is not ours to ask).
+    """
+    if not re.search(_NO_GREETING, message, re.I):
+        return None
+    if any(_PROXY.search(str(hv.get(k) or "")) for k in ("ansible_ssh_common_args", "ansible_ssh_extra_args")):
+        return None
+    address, port = str(hv.get("ansible_host", host)), int(hv.get("ansible_port") or 22)
+    reason = remote.not_ssh_reason(address, port)
+    if reason is None:
+        return None
+    return (f"port {port} on {address} answers but is not an SSH server ({reason})",
+            "name the host's SSH port as USER@HOST:PORT, or set ansible_port in the inventory")
 
 
 @dataclass(frozen=True)
@@ -96,7 +119,7 @@ def check_hosts(inventory: dict | str, hostvars: dict[str, dict], *, limit: list
     for host in sorted(messages):
         # Ansible reads an inventory name HOST:PORT as HOST, so fall back to matching the address.
         hv = hostvars.get(host) or next((v for v in hostvars.values() if v.get("ansible_host") == host), {})
-        cause, fix = explain(messages[host], user=hv.get("ansible_user"), port=hv.get("ansible_port"),
-                             host=hv.get("ansible_host", host))
+        cause, fix = not_ssh_problem(messages[host], hv, host) or explain(
+            messages[host], user=hv.get("ansible_user"), port=hv.get("ansible_port"), host=hv.get("ansible_host", host))
         problems.append(HostProblem(host, cause, fix))
     return problems

@@ -6,10 +6,12 @@ host, hosts in parallel, each host's success or failure kept apart.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -17,6 +19,11 @@ from typing import Callable, TypeVar
 from ktdeploy.targets import Target
 
 T = TypeVar("T")
+
+# paramiko logs a failed handshake with its traceback from the transport thread; without a handler
+# that lands on stderr. The failure reaches the caller as an exception and is reported from there.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 @dataclass
@@ -31,6 +38,11 @@ class HostResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def ssh_port(target: Target) -> int:
+    """The port SSH to target uses: the one named with the target, else ansible_port, else 22."""
+    return int(target.port or target.hostvars.get("ansible_port") or 22)
 
 
 def connection(target: Target, connect_timeout: float = 10):
@@ -49,7 +61,7 @@ def connection(target: Target, connect_timeout: float = 10):
     conn = Connection(
         host=target.host,
         user=target.user or hv.get("ansible_user"),
-        port=target.port or hv.get("ansible_port") or 22,
+        port=ssh_port(target),
         connect_kwargs=kwargs,
         connect_timeout=connect_timeout,
         config=cfg,
@@ -103,6 +115,50 @@ def describe_connect_error(exc: BaseException) -> str | None:
     return None
 
 
+def not_ssh_reason(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why host:port answers but is no SSH server ("it answered 'HTTP/1.1 400 Bad Request'"), or None
+    when it greets as SSH does, cannot be reached, or closes without a word (an sshd may do that too).
+
+    Sends an SSH client's identification line first, as an SSH client does, so that servers which
+    wait for the client (HTTP) answer too.
+    """
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"SSH-2.0-ktdeploy_check\r\n")
+            while b"\n" not in data and len(data) < 1024:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+    except (TimeoutError, socket.timeout):
+        if not data:
+            return f"it sent no SSH greeting within {timeout:g} s"
+    except OSError:
+        return None
+    if not data or data.startswith(b"SSH-"):
+        return None
+    first = data.split(b"\n", 1)[0].decode("ascii", "replace").strip()
+    first = "".join(c if c.isprintable() else "?" for c in first)[:60]
+    return f"it answered {first!r}"
+
+
+def _ssh_failure(target: Target, exc: BaseException, reason_timeout: float = 3.0) -> str | None:
+    """For an SSH handshake that failed: one line naming a port that is not an SSH server, else None."""
+    import paramiko
+
+    if isinstance(exc, paramiko.AuthenticationException) or not isinstance(exc, (paramiko.SSHException, EOFError)):
+        return None
+    port = ssh_port(target)
+    reason = not_ssh_reason(target.host, port, timeout=reason_timeout)
+    if reason is None:
+        return None
+    return (f"port {port} on {target.host} answers but is not an SSH server ({reason}); "
+            "name the host's SSH port as USER@HOST:PORT, or set ansible_port in the inventory")
+
+
 def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 16) -> list[HostResult]:
     """Call fn for every target in parallel; one failing host never hides the others."""
 
@@ -110,7 +166,7 @@ def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int 
         try:
             return HostResult(t, value=fn(t))
         except Exception as exc:  # each host's failure is reported, never raised across hosts
-            why = describe_connect_error(exc)
+            why = _ssh_failure(t, exc) or describe_connect_error(exc)
             if why is not None:
                 return HostResult(t, error=why, unreachable=True)
             return HostResult(t, error=f"{type(exc).__name__}: {exc}")

@@ -144,6 +144,21 @@ def collect(
     return [judge(r) for r in on_hosts(targets, one)]
 
 
+def probe_one(target: Target) -> dict:
+    """One probe round trip to one host (its service manager, services, API: for logs and chat).
+
+    Raises Unreachable (exit 3) when the host cannot be reached, KtdeployError when the probe fails.
+    """
+    from ktdeploy.errors import KtdeployError, Unreachable
+
+    (s,) = collect([target])
+    if s.verdict == "unreachable":
+        raise Unreachable(f"{target.name}: {s.error}")
+    if s.probe is None:
+        raise KtdeployError(f"{target.name}: {s.error}")
+    return s.probe
+
+
 def judge(result: HostResult) -> HostStatus:
     t = result.target
     if result.unreachable:

@@ -61,6 +61,17 @@ def local_target() -> Target:
     return Target(name=LOCAL, host="localhost", hostvars=hostvars)
 
 
+def port_number(value) -> int | None:
+    """value as a TCP port (1-65535), or None when it is not one (bool, text, out of range)."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    if not text.isdigit():
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else None
+
+
 def parse_target(spec: str) -> Target:
     """`local` (this machine), HOST, USER@HOST, USER@HOST:PORT or [v6addr]:PORT."""
     if spec.strip() == LOCAL:
@@ -143,12 +154,19 @@ def targets_from_inventory(path: str | Path, limit: list[str] | None = None) -> 
     for n in names:
         hv = hostvars.get(n, {})
         port = hv.get("ansible_port")
+        if isinstance(port, str) and "{{" in port:  # templated: Ansible resolves it at run time
+            port = None
+        if port not in (None, "") and port_number(port) is None:
+            raise BadInput(
+                f"{n}: ansible_port {str(port)!r} in inventory {path} is not a port",
+                hint="set ansible_port to the host's SSH port, a number from 1 to 65535 (or leave it out for 22)",
+            )
         out.append(
             Target(
                 name=n,
                 host=str(hv.get("ansible_host", n)),
                 user=hv.get("ansible_user"),
-                port=int(port) if port else None,
+                port=port_number(port) if port not in (None, "") else None,
                 hostvars=hv,
             )
         )

@@ -1,38 +1,12 @@
-"""`ktdeploy init DIR`: write a starter inventory (a copy of the shipped inventory/sample)."""
+"""`ktdeploy init DIR`: write a starter inventory (a copy of the shipped inventory/sample, `ktdeploy.starter`)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
 
-from ktdeploy.errors import BadInput, KtdeployError
-from ktdeploy.resources import sample_inventory
-
-
-def copy_sample(dest: Path, sample: Path | None = None) -> list[Path]:
-    """Copy the sample inventory into dest; refuses (BadInput) before writing if any file exists."""
-    sample = sample or sample_inventory()
-    files = sorted(p for p in sample.rglob("*") if p.is_file())
-    if not files:
-        raise KtdeployError(f"the sample inventory {sample} is missing or empty",
-                            hint="reinstall ktdeploy (scripts/setup.sh)")
-    if dest.exists() and not dest.is_dir():
-        raise BadInput(f"{dest} exists and is not a directory", hint="name a new or existing directory")
-    clashes = [dest / f.relative_to(sample) for f in files if (dest / f.relative_to(sample)).exists()]
-    if clashes:
-        raise BadInput(
-            f"{len(clashes)} file(s) already exist in {dest}: {', '.join(str(c) for c in clashes)}",
-            hint="pick an empty directory, or move those files away first (nothing was written)",
-        )
-    written = []
-    for f in files:
-        target = dest / f.relative_to(sample)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, target)
-        written.append(target)
-    return written
+from ktdeploy.starter import copy_sample
 
 
 @click.command("init", short_help="Write a starter inventory into DIRECTORY.")

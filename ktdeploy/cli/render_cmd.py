@@ -18,17 +18,21 @@ def render(host, inventory, profile, extra, manager, output_dir):
     """Preview the service files for HOST without touching it."""
     from pathlib import Path
 
-    from ktdeploy.cli.provision_cmd import _extravars
     from ktdeploy.profiles import load as load_profile
+    from ktdeploy.provisioning import parse_extravars
     from ktdeploy.render import rendered_files
     from ktdeploy.targets import targets_from_inventory
+    from ktdeploy.variables import unknown_warnings
 
     overrides: dict = {}
     if inventory:
         overrides.update(targets_from_inventory(inventory, limit=[host])[0].hostvars)
     if profile:
         overrides.update(load_profile(profile))
-    overrides.update(_extravars(extra))
+    given = parse_extravars(extra)
+    for warning in unknown_warnings(given):
+        click.echo(warning, err=True)
+    overrides.update(given)
     if manager:
         overrides["serve_service_manager"] = manager
     files = rendered_files(host, overrides)

@@ -6,12 +6,11 @@ import json
 import shlex
 import sys
 import time
-from contextlib import contextmanager
 
 import click
 
 from ktdeploy import status as st
-from ktdeploy.errors import BadInput, KtdeployError, Unreachable
+from ktdeploy.errors import BadInput, KtdeployError
 from ktdeploy.targets import Target, parse_targets, targets_from_inventory
 
 _STYLE = {"ok": "green", "degraded": "yellow", "failed": "red", "unreachable": "magenta"}
@@ -66,7 +65,8 @@ def _cell(checks: list[st.Check]) -> str:
 @click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between --watch rounds (1 to 3600).")
 @click.option("--deep", is_flag=True, help="Also run a 1-token completion and a short streamed request (TTFT, tok/s).")
 @click.option("--model", help="Model id the API must list (default: the one the serving stage recorded).")
-@click.option("--connect-timeout", type=float, default=5.0, show_default=True, help="SSH connect timeout, seconds.")
+@click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+              help="SSH connect timeout, seconds (more than 0).")
 def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout):
     """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
 
@@ -117,16 +117,6 @@ def _watch(round_once, interval: float, as_json: bool, deep: bool) -> int:
         return code
 
 
-def _services(target: Target) -> dict:
-    """One probe round trip: the host's service manager and services (for logs and chat)."""
-    (s,) = st.collect([target])
-    if s.verdict == "unreachable":
-        raise Unreachable(f"{target.name}: {s.error}")
-    if s.probe is None:
-        raise KtdeployError(f"{target.name}: {s.error}")
-    return s.probe
-
-
 def _pick(probe: dict, service: str | None) -> list[dict]:
     services = probe.get("services") or []
     if service is None:
@@ -163,7 +153,7 @@ def logs(host, service, inventory, follow, lines):
     from ktdeploy.remote import connection
 
     target = _one_target(host, inventory)
-    probe = _services(target)
+    probe = st.probe_one(target)
     cmd = logs_command(probe.get("manager"), _pick(probe, service), lines, follow)
     with connection(target) as conn:
         try:
@@ -185,7 +175,8 @@ def logs(host, service, inventory, follow, lines):
 @click.option("--api-key", envvar="KTDEPLOY_API_KEY", help="API key if the server wants one (env KTDEPLOY_API_KEY).")
 @click.option("--hide-reasoning", is_flag=True, help="Print only the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print {model, reasoning, answer, usage} as JSON (no streaming).")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="Seconds to wait for the reply (more than 0).")
 def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as_json, timeout):
     """Send PROMPT to the host's API and print the answer (reasoning apart, on stderr).
 
@@ -195,80 +186,28 @@ def chat(host, prompt, inventory, model, max_tokens, api_key, hide_reasoning, as
     from ktdeploy import chat as ch
 
     target = _one_target(host, inventory)
-    probe = _services(target)
-    api = probe.get("api")
-    if not api or not api.get("ok"):
-        why = (api or {}).get("error") or "no API service on this host"
-        raise KtdeployError(f"{target.name}: the API is not ready ({why})", hint=f"see `ktdeploy status {host}`")
-    model = model or api.get("expected_model") or (api.get("models") or [None])[0]
-    with ch.api_port(target, api.get("address", "127.0.0.1"), api["port"]) as port:
-        from openai import OpenAI
-
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key or "ktdeploy", timeout=timeout)
-        with _api_errors(target.name):
-            ask(client, model, prompt, max_tokens, as_json=as_json, hide_reasoning=hide_reasoning)
+    api = ch.ready_api(target, st.probe_one(target), host)
+    model = model or ch.default_model(api)
+    with ch.open_client(target, api, api_key=api_key, timeout=timeout) as client, ch.api_errors(target.name):
+        if as_json:
+            click.echo(json.dumps(ch.reply(client, model, prompt, max_tokens)))
+        else:
+            show_stream(ch.stream_reply(client, model, prompt, max_tokens), hide_reasoning)
 
 
-@contextmanager
-def _api_errors(host: str):
-    """OpenAI client errors as one line naming the cause and the fix."""
-    import openai
-
-    try:
-        yield
-    except openai.AuthenticationError:
-        raise KtdeployError(f"{host}: the API wants a key", hint="pass --api-key or set KTDEPLOY_API_KEY") from None
-    except openai.APIStatusError as exc:
-        raise KtdeployError(f"{host}: the API answered HTTP {exc.status_code}: {exc.message}") from None
-    except openai.APIError as exc:
-        raise KtdeployError(f"{host}: the API request failed: {exc}", hint=f"see `ktdeploy status {host}`") from None
-
-
-def ask(client, model: str, prompt: str, max_tokens: int, *, as_json: bool, hide_reasoning: bool) -> None:
-    """Send one prompt; print the answer on stdout and the reasoning apart (stderr), or one JSON line."""
-    from ktdeploy import chat as ch
-
-    messages = [{"role": "user", "content": prompt}]
-    if as_json:
-        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
-        msg = r.choices[0].message
-        reasoning, answer = ch.split_think(msg.content or "")
-        reasoning = getattr(msg, "reasoning_content", None) or reasoning
-        usage = r.usage.model_dump() if r.usage else None
-        click.echo(json.dumps({"model": model, "reasoning": reasoning, "answer": answer, "usage": usage}))
-        return
-    _stream_chat(client, model, messages, max_tokens, hide_reasoning)
-
-
-def _stream_chat(client, model, messages, max_tokens, hide_reasoning) -> None:
-    from ktdeploy.chat import ThinkSplitter
-
-    splitter = ThinkSplitter()
+def show_stream(parts, hide_reasoning: bool) -> None:
+    """Print a streamed reply: the answer on stdout, the reasoning on stderr, dimmed, under [reasoning]."""
     last = None
-
-    def emit(parts):
-        nonlocal last
-        for kind, text in parts:
-            if kind == "reasoning" and hide_reasoning:
-                continue
-            if kind != last:
-                click.secho(("\n" if last else "") + f"[{kind}]", err=True, dim=True)
-                last = kind
-            if kind == "answer":
-                click.echo(text, nl=False)
-            else:
-                click.secho(text, err=True, dim=True, nl=False)
-
-    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True)
-    for chunk in stream:
-        for choice in chunk.choices or []:
-            delta = choice.delta
-            extra = getattr(delta, "reasoning_content", None)
-            if extra:
-                emit([("reasoning", extra)])
-            if delta.content:
-                emit(splitter.feed(delta.content))
-    emit(splitter.flush())
+    for kind, text in parts:
+        if kind == "reasoning" and hide_reasoning:
+            continue
+        if kind != last:
+            click.secho(("\n" if last else "") + f"[{kind}]", err=True, dim=True)
+            last = kind
+        if kind == "answer":
+            click.echo(text, nl=False)
+        else:
+            click.secho(text, err=True, dim=True, nl=False)
     click.echo()
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from ktdeploy import exitcodes, facts
 from ktdeploy.cli import main
-from ktdeploy.cli.plan_cmd import PlanOptions, preflight_or_raise
+from ktdeploy.preflight import PlanOptions, preflight_or_raise
 from ktdeploy.errors import PlanProblem
 
 pytestmark = pytest.mark.lab

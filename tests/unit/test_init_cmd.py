@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
-from ktdeploy.cli import init_cmd, main
+from ktdeploy import starter
+from ktdeploy.cli import main
 
 
 @pytest.fixture
@@ -14,7 +17,7 @@ def sample(tmp_path, monkeypatch):
     (root / "group_vars" / "all").mkdir(parents=True)
     (root / "hosts.yml").write_text("all:\n  hosts: {}\n")
     (root / "group_vars" / "all" / "main.yml").write_text("# documented settings\n")
-    monkeypatch.setattr(init_cmd, "sample_inventory", lambda: root)
+    monkeypatch.setattr(starter, "sample_inventory", lambda: root)
     return root
 
 
@@ -45,6 +48,17 @@ def test_init_into_a_file_is_bad_input(sample, tmp_path):
 
 
 def test_missing_sample_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(init_cmd, "sample_inventory", lambda: tmp_path / "absent")
+    monkeypatch.setattr(starter, "sample_inventory", lambda: tmp_path / "absent")
     result = CliRunner().invoke(main, ["init", str(tmp_path / "x")])
     assert result.exit_code == 1 and "sample inventory" in result.output
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "in-proc"])
+def test_init_into_an_impossible_path_is_bad_input_and_writes_nothing(sample, tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    dest = tmp_path / "file" / "inv" if where == "under-a-file" else Path("/proc/ktdeploy-nope/inv")
+    result = CliRunner().invoke(main, ["init", str(dest)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the inventory into {dest}" in result.output and "fix: " in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert (tmp_path / "file").read_text() == "x"

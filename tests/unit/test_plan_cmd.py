@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from ktdeploy import exitcodes, facts
 from ktdeploy.cli import main
-from ktdeploy.cli import plan_cmd
+from ktdeploy import preflight
 from ktdeploy.errors import KtdeployError, PlanProblem, Unreachable
 from ktdeploy.targets import parse_target
 
@@ -107,7 +107,7 @@ def test_unreachable_host_exits_3():
 
 def test_preflight_or_raise_unreachable():
     with pytest.raises(Unreachable, match="refused"):
-        plan_cmd.preflight_or_raise([parse_target(f"nobody@127.0.0.1:{closed_port()}")])
+        preflight.preflight_or_raise([parse_target(f"nobody@127.0.0.1:{closed_port()}")])
 
 
 def fixture_host(monkeypatch, machine_of):
@@ -116,20 +116,20 @@ def fixture_host(monkeypatch, machine_of):
     def gather(target, model_dir, python_env=""):
         return facts.load_dir(FIXTURES / machine_of[target.name]), {}
 
-    monkeypatch.setattr(plan_cmd, "gather_raw", gather)
+    monkeypatch.setattr(preflight, "gather_raw", gather)
 
 
 def test_preflight_or_raise_stops_on_any_host_with_problems(monkeypatch):
     fixture_host(monkeypatch, {"good": "spr-8480-snc2-h100", "bad": "ci-kvm-2cpu-nogpu"})
     targets = [parse_target("good"), parse_target("bad")]
     with pytest.raises(PlanProblem) as exc:
-        plan_cmd.preflight_or_raise(targets)
+        preflight.preflight_or_raise(targets)
     assert exc.value.exit_code == exitcodes.PLAN_PROBLEM
     assert "bad: the KTransformers engine needs an NVIDIA GPU" in str(exc.value) and "good:" not in str(exc.value)
     assert "--force" in str(exc.value)
-    plans = plan_cmd.preflight_or_raise(targets, force=True)
+    plans = preflight.preflight_or_raise(targets, force=True)
     assert plans["good"].fits and not plans["bad"].fits
-    only_good = plan_cmd.preflight_or_raise([parse_target("good")], plan_cmd.PlanOptions(variant="Q4_K_M"))
+    only_good = preflight.preflight_or_raise([parse_target("good")], preflight.PlanOptions(variant="Q4_K_M"))
     assert only_good["good"].variant.name == "Q4_K_M"
 
 
@@ -137,9 +137,9 @@ def test_preflight_or_raise_reports_hosts_whose_facts_fail(monkeypatch):
     def gather(target, model_dir, python_env=""):
         raise KtdeployError("the facts script failed on x (exit 127): bash: lscpu: command not found")
 
-    monkeypatch.setattr(plan_cmd, "gather_raw", gather)
+    monkeypatch.setattr(preflight, "gather_raw", gather)
     with pytest.raises(KtdeployError, match="lscpu: command not found") as exc:
-        plan_cmd.preflight_or_raise([parse_target("x")])
+        preflight.preflight_or_raise([parse_target("x")])
     assert exc.value.exit_code == exitcodes.FAILED
 
 

@@ -9,12 +9,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ktdeploy.cli import main, provision_cmd
+from ktdeploy import engine, provisioning
+from ktdeploy.cli import main
 
 SITE = """
 - name: Provision
   hosts: all
   roles:
+    - role: plan
+      tags: [plan, always]
     - role: base
       tags: [base]
     - {role: python_env, tags: python_env}
@@ -24,16 +27,16 @@ SITE = """
 @pytest.fixture
 def site_tags(tmp_path, monkeypatch):
     (tmp_path / "site.yml").write_text(SITE)
-    monkeypatch.setattr(provision_cmd, "playbooks_dir", lambda: tmp_path)
+    monkeypatch.setattr(provisioning, "playbooks_dir", lambda: tmp_path)
 
 
 @pytest.fixture
 def engine_calls(monkeypatch):
     """Fails the test if bad input let anything reach Ansible."""
     calls = []
-    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr(provision_cmd, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(provisioning, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append(a))
     return calls
 
 
@@ -42,7 +45,7 @@ def run(*args):
 
 
 def test_role_tags_are_read_from_site_yml(site_tags):
-    assert provision_cmd.site_role_tags() == ["base", "python_env"]
+    assert provisioning.site_role_tags() == ["base", "plan", "python_env"]  # Ansible's `always` is no role
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -54,6 +57,10 @@ def test_role_tags_are_read_from_site_yml(site_tags):
     (["a", "--skip", "nope"], "--skip: unknown role(s) nope"),
     (["a", "-e", "novalue"], "-e 'novalue' is not KEY=VALUE"),
     (["a", "--profile", "gpu-turbo"], "unknown profile 'gpu-turbo'"),
+    (["a", "--only", "base,python_env", "--skip", "base"], "base is named by both --only and --skip"),
+    (["a", "--skip", "plan"], "--skip plan: the plan role cannot be skipped"),
+    (["a", "--only", "always"], "--only: unknown role(s) always"),
+    (["a", "--skip", "always"], "--skip: unknown role(s) always"),
 ])
 def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine_calls):
     result = run(*args)
@@ -63,7 +70,7 @@ def test_bad_input_exits_2_before_anything_runs(args, message, site_tags, engine
 
 
 def test_unknown_role_lists_the_valid_ones(site_tags, engine_calls):
-    assert "use roles from playbooks/site.yml: base, python_env" in run("a", "--only", "gpu").output
+    assert "use roles from playbooks/site.yml: base, plan, python_env" in run("a", "--only", "gpu").output
 
 
 def test_malformed_inventory_exits_2(tmp_path, engine_calls):
@@ -84,7 +91,7 @@ def test_limit_naming_a_host_not_in_the_inventory_exits_2(tmp_path, engine_calls
 
 def test_valid_request_maps_roles_to_tags_and_check_to_check_with_diff(site_tags, engine_calls, monkeypatch):
     captured = {}
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw, pb=pb) or stop())
+    monkeypatch.setattr(engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw, pb=pb) or stop())
     result = run("root@10.0.0.1:2222", "admin@gpu2", "--limit", "10.0.0.1:2222", "--only", "base",
                  "--skip", "python_env", "-e", "a=1", "--check", "--plain")
     assert result.exit_code == 99, result.output
@@ -122,7 +129,7 @@ def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host
 
 
 def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
-    request = provision_cmd.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
+    request = provisioning.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
     assert request.extravars["serve_engine"] == "llamacpp"
     assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
     assert request.extravars["serve_api_port"] == "9000"
@@ -141,11 +148,59 @@ def test_plan_problems_stop_before_anything_changes(tmp_path, runs_dir, local_ho
 
 def test_force_goes_on_and_tells_the_play(tmp_path, runs_dir, local_host, monkeypatch):
     captured = {}
-    monkeypatch.setattr(provision_cmd.connect, "check_hosts", lambda *a, **k: [])
-    monkeypatch.setattr(provision_cmd.engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw) or stop())
+    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: [])
+    monkeypatch.setattr(engine, "run_playbook", lambda pb, inv, **kw: captured.update(kw) or stop())
     inv = tmp_path / "hosts.yml"
     inv.write_text(yaml.safe_dump({"all": {"hosts": {"here": local_host}}}))
     result = run("-i", str(inv), "--plain", "--force")
     assert result.exit_code == 99, result.output
     assert "problem (forced past)" in result.output
     assert captured["extravars"]["plan_force"] is True
+
+
+@pytest.mark.parametrize("command", ["provision", "status", "preflight", "download"])
+@pytest.mark.parametrize("port", ["abc", 99999])
+def test_inventory_port_that_is_no_port_exits_2_before_anything_runs(tmp_path, engine_calls, command, port):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": {"ansible_host": "127.0.0.1", "ansible_port": port}}}}))
+    result = CliRunner().invoke(main, [command, "-i", str(inv)])
+    assert result.exit_code == 2, result.output
+    assert f"gpu1: ansible_port {str(port)!r} in inventory {inv} is not a port" in result.output
+    assert engine_calls == []
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("plan_port=abc", "-e plan_port='abc' is not a port"),
+    ("plan_port=70000", "-e plan_port='70000' is not a port"),
+    ("serve_api_port=abc", "-e serve_api_port='abc' is not a port"),
+    ("serve_webui_port=0", "-e serve_webui_port='0' is not a port"),
+    ("ansible_port=22x", "-e ansible_port='22x' is not a port"),
+])
+def test_a_port_variable_that_is_no_port_exits_2_before_anything_runs(pair, message, site_tags, engine_calls):
+    result = run("a", "-e", pair)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "fix: use a number from 1 to 65535" in result.output
+    assert engine_calls == []
+
+
+def test_an_inventory_port_variable_that_is_no_port_exits_2(tmp_path, site_tags, engine_calls):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": {"plan_port": "abc"}}}}))
+    result = run("-i", str(inv))
+    assert result.exit_code == 2, result.output
+    assert f"gpu1: plan_port 'abc' in inventory {inv} is not a port" in result.output
+    assert engine_calls == []
+
+
+def test_empty_plan_port_means_the_default(site_tags, engine_calls, monkeypatch):
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: stop())
+    assert run("a", "-e", "plan_port=", "-e", "serve_api_port=9000").exit_code == 99
+
+
+def test_unknown_variable_warns_naming_the_closest_known_one_and_goes_on(site_tags, engine_calls, monkeypatch):
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: stop())
+    result = run("a", "-e", "serve_api_prot=9000", "-e", "zzqq=1", "-e", "ansible_user=admin", "-e", "plan_force=true")
+    assert result.exit_code == 99, result.output
+    assert "warning: -e serve_api_prot is not a variable of any role; did you mean serve_api_port?" in result.output
+    assert "warning: -e zzqq is not a variable of any role" in result.output
+    assert "ansible_user" not in result.output and "plan_force" not in result.output

@@ -60,20 +60,31 @@ def test_logs_command_per_manager():
 def test_ask_streams_answer_to_stdout_reasoning_apart_and_names_a_missing_key(capsys):
     from openai import OpenAI
 
-    from ktdeploy.cli.status_cmd import _api_errors, ask
+    from ktdeploy.chat import api_errors, reply, stream_reply
+    from ktdeploy.cli.status_cmd import show_stream
     from ktdeploy.errors import KtdeployError
     from tests.support import fake_openai
 
     srv = fake_openai.serve_in_thread(model="m", api_key="k1")
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-        ask(OpenAI(base_url=url, api_key="k1"), "m", "hi", 64, as_json=False, hide_reasoning=False)
+        show_stream(stream_reply(OpenAI(base_url=url, api_key="k1"), "m", "hi", 64), hide_reasoning=False)
         out, err = capsys.readouterr()
         assert out.strip() == "Hello! I am a small test model."
         assert "[reasoning]" in err and "The user wants a greeting." in err and "<think>" not in out + err
         with pytest.raises(KtdeployError, match="the API wants a key"):
-            with _api_errors("h"):
-                ask(OpenAI(base_url=url, api_key="wrong", max_retries=0), "m", "hi", 8, as_json=True, hide_reasoning=False)
+            with api_errors("h"):
+                reply(OpenAI(base_url=url, api_key="wrong", max_retries=0), "m", "hi", 8)
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("args", [["chat", "HOST", "hi", "--timeout", "-1"], ["chat", "HOST", "hi", "--timeout", "0"],
+                                  ["status", "HOST", "--connect-timeout", "-1"],
+                                  ["status", "HOST", "--connect-timeout", "0"]])
+def test_timeouts_must_be_positive_before_any_host_is_asked(args):
+    host = f"nobody@127.0.0.1:{free_port()}"  # refused: exit 3 if it were asked
+    r = CliRunner().invoke(main, [host if a == "HOST" else a for a in args])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{args[-2]}'" in r.output and "x>0" in r.output

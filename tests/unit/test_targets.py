@@ -75,3 +75,19 @@ def test_local_means_this_machine_over_a_local_connection(monkeypatch):
     assert t.hostvars["ansible_become_method"] == "su" and t.hostvars["ansible_become_flags"] == "-s /bin/sh"
     monkeypatch.setattr(targets.shutil, "which", lambda name: "/usr/bin/sudo")
     assert "ansible_become_method" not in targets.parse_target("local").hostvars
+
+
+@pytest.mark.parametrize("port", ["abc", 99999, 0, -1, "22x"])
+def test_inventory_port_that_is_no_port_is_bad_input(tmp_path, port):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(f"all:\n  hosts:\n    gpu1:\n      ansible_host: 10.1.1.1\n      ansible_port: {port}\n")
+    with pytest.raises(BadInput) as e:
+        targets_from_inventory(inv)
+    assert f"gpu1: ansible_port {str(port)!r} in inventory {inv} is not a port" in e.value.message
+    assert "fix: set ansible_port to the host's SSH port, a number from 1 to 65535" in e.value.message
+
+
+def test_inventory_port_as_a_string_of_digits_is_a_port(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    gpu1:\n      ansible_port: '2222'\n")
+    assert targets_from_inventory(inv)[0].port == 2222

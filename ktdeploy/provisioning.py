@@ -1,0 +1,204 @@
+"""A provisioning request: the targets, roles and variables one run of site.yml was asked for,
+checked before anything runs; then the checks that run before the play (SSH and sudo, the plan).
+
+`ktdeploy provision` and `ktdeploy download` build their runs here; `say` is how a caller shows a
+line to the user (the CLI writes it to stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import yaml
+
+from ktdeploy import connect, profiles, variables
+from ktdeploy.errors import BadInput, Unreachable
+from ktdeploy.plan import DEFAULT_MODEL_DIR
+from ktdeploy.preflight import PlanOptions, preflight_or_raise
+from ktdeploy.resources import playbooks_dir
+from ktdeploy.targets import Target, inventory_from_targets, parse_targets, port_number, targets_from_inventory
+
+Say = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+@dataclass
+class ProvisionRequest:
+    """Everything one provisioning run was asked to do, validated."""
+
+    targets: list[Target]
+    inventory: dict | str
+    limit: list[str] | None = None
+    tags: list[str] = field(default_factory=list)
+    skip_tags: list[str] = field(default_factory=list)
+    extravars: dict = field(default_factory=dict)
+    check: bool = False
+    warnings: list[str] = field(default_factory=list)  # for the user: -e names no role reads
+
+
+# Ansible's special tags: not roles, so --only/--skip refuse them.
+SPECIAL_TAGS = ("always", "never", "all", "tagged", "untagged")
+
+
+def _site_roles() -> list[tuple[str, list[str]]]:
+    """(role, its tags) for every role in playbooks/site.yml."""
+    plays = yaml.safe_load((playbooks_dir() / "site.yml").read_text()) or []
+    out = []
+    for play in plays:
+        for role in play.get("roles") or []:
+            if not isinstance(role, dict):
+                continue
+            role_tags = role.get("tags", [])
+            out.append((str(role.get("role", "")), [role_tags] if isinstance(role_tags, str) else list(role_tags)))
+    return out
+
+
+def site_role_tags() -> list[str]:
+    """The tags given to roles in playbooks/site.yml (what --only and --skip accept)."""
+    return sorted({t for _, tags in _site_roles() for t in tags if t not in SPECIAL_TAGS})
+
+
+def required_role_tags() -> list[str]:
+    """The tags of roles that run whatever --only says (tag `always`): --skip may not name them."""
+    return sorted({t for _, tags in _site_roles() if "always" in tags for t in tags if t not in SPECIAL_TAGS})
+
+
+def split_list(values: tuple[str, ...]) -> list[str]:
+    """Repeatable comma-separated option values (`--limit a,b --limit c`) as one list."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def role_tags(values: tuple[str, ...], option: str) -> list[str]:
+    wanted = split_list(values)
+    valid = site_role_tags()
+    unknown = [t for t in wanted if t not in valid]
+    if unknown:
+        raise BadInput(
+            f"{option}: unknown role(s) {', '.join(unknown)}",
+            hint=f"use roles from playbooks/site.yml: {', '.join(valid) or '(none defined yet)'}",
+        )
+    return wanted
+
+
+def only_and_skip(only: tuple[str, ...], skip: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """--only and --skip as tags; BadInput for an unknown role, a role in both, a role that must run."""
+    tags, skip_tags = role_tags(only, "--only"), role_tags(skip, "--skip")
+    both = [t for t in tags if t in skip_tags]
+    if both:
+        raise BadInput(f"{', '.join(both)} is named by both --only and --skip",
+                       hint="name each role in one of them")
+    required = [t for t in skip_tags if t in required_role_tags()]
+    if required:
+        raise BadInput(f"--skip {', '.join(required)}: the {required[0]} role cannot be skipped; "
+                       "every later role reads the plan it makes (it changes nothing on the host)",
+                       hint=f"leave {required[0]} out of --skip; to run some roles only, use --only ROLE,...")
+    return tags, skip_tags
+
+
+def parse_extravars(pairs: tuple[str, ...]) -> dict:
+    """`-e KEY=VALUE` pairs as a dict (values stay strings, as Ansible's `-e key=value` has them).
+
+    BadInput (exit 2) for a pair that is not KEY=VALUE or a port variable that is no port.
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise BadInput(f"-e {pair!r} is not KEY=VALUE", hint="pass variables as -e name=value")
+        out[key] = value
+    variables.check_ports(out)
+    return out
+
+
+def build_request(hosts, inventory, limit, only, skip, extra, check, profile=None) -> ProvisionRequest:
+    """The request for these command-line values; BadInput (exit 2) before anything runs."""
+    if hosts and inventory:
+        raise BadInput("give hosts or -i INVENTORY, not both",
+                       hint="to pick hosts from an inventory, use -i INVENTORY --limit HOST,...")
+    if not hosts and not inventory:
+        raise BadInput("no target given", hint="name hosts (HOST, USER@HOST, USER@HOST:PORT) or pass -i INVENTORY")
+    wanted = split_list(limit) or None
+    if inventory:
+        targets = targets_from_inventory(inventory, limit=wanted)
+        inv: dict | str = str(inventory)
+    else:
+        targets = parse_targets(list(hosts))
+        names = [t.name for t in targets]
+        unknown = [n for n in wanted or [] if n not in names]
+        if unknown:
+            raise BadInput(f"--limit names host(s) not given: {', '.join(unknown)}",
+                           hint=f"use one of: {', '.join(names)}")
+        # Selected here rather than by Ansible's --limit: names like HOST:PORT are not patterns.
+        targets = [t for t in targets if not wanted or t.name in wanted]
+        inv, wanted = inventory_from_targets(targets), None
+    tags, skip_tags = only_and_skip(only, skip)
+    given = parse_extravars(extra)
+    if inventory:
+        for t in targets:
+            variables.check_ports({k: v for k, v in t.hostvars.items() if k not in given},
+                                  where=f"inventory {inventory}", host=t.name)
+    return ProvisionRequest(
+        targets=targets, inventory=inv, limit=wanted,
+        tags=tags, skip_tags=skip_tags,
+        extravars={**(profiles.load(profile) if profile else {}), **given}, check=check,
+        warnings=variables.unknown_warnings(given),
+    )
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def settings(request: ProvisionRequest, target: Target) -> dict:
+    """The variables the play will see for this host: its inventory vars, then profile and -e."""
+    return {**target.hostvars, **request.extravars}
+
+
+def plan_options(request: ProvisionRequest, target: Target) -> PlanOptions:
+    """The plan role's variables (roles/plan/defaults/main.yml) as preflight options."""
+    s = settings(request, target)
+    return PlanOptions(
+        variant=s.get("plan_model_variant") or None,
+        engine=s.get("plan_engine") or "ktransformers",
+        kt_version=s.get("plan_kt_version") or None,
+        port=port_number(s["plan_port"]) if s.get("plan_port") else None,  # checked (a template: the default)
+        model_dir=s.get("plan_model_dir") or s.get("base_model_dir") or DEFAULT_MODEL_DIR,
+        python_env=s.get("python_env_python") or (f"{s['python_env_path']}/bin/python" if s.get("python_env_path") else ""),
+    )
+
+
+def preflight(request: ProvisionRequest, force: bool = False, say: Say = _stderr) -> None:
+    """Plan every host from its live facts; stop before anything changes when a plan cannot work.
+
+    Raises PlanProblem (exit 4) unless forced (--force, or plan_force for that host). The plan role
+    at the head of site.yml makes the same plan again on the host, from the same module.
+    """
+    say(f"Planning {len(request.targets)} host(s) from their hardware...")
+    plans = preflight_or_raise(
+        request.targets,
+        lambda t: plan_options(request, t),
+        force=lambda t: force or _truthy(settings(request, t).get("plan_force", False)),
+    )
+    for name, plan in plans.items():
+        for finding in plan.problems:
+            say(f"{name}: problem (forced past): {finding.message}")
+        for finding in plan.warnings:
+            say(f"{name}: warning: {finding.message}")
+    if force:
+        request.extravars["plan_force"] = True
+
+
+def check_connections(request: ProvisionRequest, say: Say = _stderr) -> None:
+    """SSH and passwordless sudo on every host; Unreachable (exit 3), one line per host, if not."""
+    say(f"Checking SSH and sudo on {len(request.targets)} host(s)...")
+    hostvars = {t.name: t.ansible_vars() for t in request.targets}
+    problems = connect.check_hosts(request.inventory, hostvars, limit=request.limit)
+    if problems:
+        for problem in problems:
+            say(problem.line())
+        raise Unreachable(f"{len(problems)} of {len(request.targets)} host(s) not ready; nothing was changed")
