@@ -39,6 +39,7 @@ class Lab:
         with file_lock(self.paths.daemons_lock):
             if net.add_controller_ip():
                 self.paths.lo_address_marker.write_text("")
+            net.fence_lab_range()
             self.proxy.ensure_running()
             self.wheelhouse.ensure_serving()
         golden.ensure_built(self.paths, log=self.log)

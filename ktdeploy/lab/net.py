@@ -2,6 +2,9 @@
 
 Inside netns ktlabN the host has 10.203.N.2/30 and a single /32 route to CONTROLLER_IP through the
 controller's end of the veth; no default route, so it reaches nothing else (not other lab hosts).
+On the controller the whole lab range is an `unreachable` route: the address of a host that is down
+fails at once with "no route to host" instead of leaving through the default route (where a
+transparent proxy may answer on any port).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import subprocess
 
 from ktdeploy.lab.paths import (
     CONTROLLER_IP,
+    LAB_RANGE,
     NETNS_DIR,
     NETNS_PREFIX,
     gateway_address,
@@ -88,6 +92,12 @@ def add_controller_ip() -> bool:
 def remove_controller_ip() -> None:
     if lo_has_controller_ip():
         ip("addr", "del", f"{CONTROLLER_IP}/32", "dev", "lo", check=False)
+    ip("route", "del", "unreachable", LAB_RANGE, check=False)
+
+
+def fence_lab_range() -> None:
+    """Make the lab range unreachable from the controller except through a host's own /30."""
+    ip("route", "replace", "unreachable", LAB_RANGE)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

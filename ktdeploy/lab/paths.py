@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+LAB_RANGE = "10.203.0.0/16"  # every lab address: the controller's and each host's /30
 CONTROLLER_IP = "10.203.0.1"  # on the controller's lo; the only address lab hosts can reach
 APT_PROXY_PORT = 3142
 WHEELHOUSE_PORT = 3141
