@@ -295,7 +295,7 @@ def _download_line(d: dict) -> str:
     """One download as the download state module reports it (docs/architecture.md, "Download status")."""
     line = f"{d.get('name', 'download')} {d.get('phase', '')}".strip()
     done, total = d.get("done_bytes"), d.get("total_bytes")
-    if d.get("percent") is not None and total:
+    if d.get("percent") is not None and total and d.get("phase") != "refused":  # refused: nothing fetched
         line += f" {d['percent']:.1f}% ({_gb(done or 0)}/{_gb(total)} GB)"
     if d.get("rate_bps"):
         line += f", {d['rate_bps'] / 1e6:.1f} MB/s"

@@ -129,6 +129,16 @@ def test_download_states(download, level):
         assert "re-run `ktdeploy download` to resume" in checks["download"].detail
 
 
+def test_a_refused_download_shows_its_cause_not_a_percentage():
+    # as the download state module of an older ktdeploy reports it: the bytes of an earlier manifest
+    refused = {"name": "DeepSeek-R1-config", "phase": "refused", "error": "cannot reach http://m/: refused",
+               "done_bytes": 10**9, "total_bytes": 10**9, "percent": 100.0}
+    (check,) = [c for c in st.evaluate(probe(download={"state": "failed", "downloads": [refused]}))
+                if c.name == "download"]
+    assert check.level == "failed"
+    assert check.detail == "DeepSeek-R1-config refused: cannot reach http://m/: refused"
+
+
 def test_no_download_recorded_adds_no_check():
     assert "download" not in levels(probe(download={"state": "none"}))
 
