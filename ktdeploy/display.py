@@ -8,6 +8,7 @@ runs). Both end with the failures in full and a per-host recap table.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ _RESULTS = {
     "runner_on_skipped": "skipped",
     "runner_on_unreachable": "unreachable",
 }
-_DUMP_FIELDS = ("msg", "rc", "stderr", "stdout", "module_stderr", "module_stdout")
+_DUMP_FIELDS = ("msg", "rc", "stderr", "stdout", "module_stderr", "module_stdout", "censored")
 _DUMP_LINES = 20
+_GENERIC_MSGS = ("", "non-zero return code", "MODULE FAILURE", "One or more items failed")
 
 
 @dataclass
@@ -48,10 +50,36 @@ class Failure:
     task: str
     kind: str  # "failed" or "unreachable"
     details: dict = field(default_factory=dict)
+    items: list[tuple[str, dict]] = field(default_factory=list)  # (label, details) of each failed loop item
 
     def summary(self) -> str:
-        msg = str(self.details.get("msg") or "").strip().splitlines()
-        return msg[0] if msg else self.kind
+        if self.items:
+            return "; ".join(f"{label}: {cause(details) or 'failed'}" for label, details in self.items)
+        return cause(self.details) or self.kind
+
+
+def cause(details: dict) -> str:
+    """One line saying why: the message, or for a command's bare "non-zero return code" its exit
+    status and the last line it wrote to stderr."""
+    msg = str(details.get("msg") or "").strip()
+    lines = str(details.get("stderr") or details.get("module_stderr") or "").strip().splitlines()
+    if msg in _GENERIC_MSGS and lines:
+        rc = f"exit {details['rc']}: " if details.get("rc") is not None else ""
+        return rc + lines[-1].strip()
+    return msg.splitlines()[0] if msg else str(details.get("censored") or "")
+
+
+def _details(res: dict) -> dict:
+    return {k: res[k] for k in _DUMP_FIELDS if res.get(k) not in (None, "")}
+
+
+def _failed_items(res: dict) -> list[tuple[str, dict]]:
+    items = []
+    for n, r in enumerate(res.get("results") or [], 1):
+        if isinstance(r, dict) and r.get("failed"):
+            label = r.get("_ansible_item_label", r.get("item", f"item {n}"))
+            items.append((label if isinstance(label, str) else json.dumps(label, sort_keys=True), _details(r)))
+    return items
 
 
 class RunState:
@@ -92,8 +120,10 @@ class RunState:
             if result == "failed" and data.get("ignore_errors"):
                 result = "ignored"
             elif result in ("failed", "unreachable"):
-                details = {k: res[k] for k in _DUMP_FIELDS if res.get(k) not in (None, "")}
-                self.failures.append(Failure(host, data.get("task", state.task), result, details))
+                details, items = _details(res), _failed_items(res)
+                if items and details.get("msg") in _GENERIC_MSGS:
+                    details.pop("msg")  # "One or more items failed": the items say what
+                self.failures.append(Failure(host, data.get("task", state.task), result, details, items))
             state.task = data.get("task", state.task)
             state.running, state.last_result = False, result
             return result, host
@@ -210,11 +240,18 @@ def print_failures(console: Console, failures: list[Failure]) -> None:
     for failure in failures:
         console.print(f"\n{failure.kind.upper()}: {failure.host}: {failure.task}", style="bold red",
                       markup=False, highlight=False)
-        for key, value in failure.details.items():
-            lines = str(value).rstrip().splitlines() or [""]
-            if len(lines) > _DUMP_LINES:
-                lines = [f"... ({len(lines) - _DUMP_LINES} earlier lines in the run record)"] + lines[-_DUMP_LINES:]
-            console.print(f"  {key}: " + "\n    ".join(lines), markup=False, highlight=False)
+        _print_details(console, failure.details, "  ")
+        for label, details in failure.items:
+            console.print(f"  item {label}:", markup=False, highlight=False)
+            _print_details(console, details, "    ")
+
+
+def _print_details(console: Console, details: dict, indent: str) -> None:
+    for key, value in details.items():
+        lines = str(value).rstrip().splitlines() or [""]
+        if len(lines) > _DUMP_LINES:
+            lines = [f"... ({len(lines) - _DUMP_LINES} earlier lines in the run record)"] + lines[-_DUMP_LINES:]
+        console.print(f"{indent}{key}: " + f"\n{indent}  ".join(lines), markup=False, highlight=False)
 
 
 def print_recap(console: Console, result: RunResult) -> None:
