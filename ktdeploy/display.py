@@ -1,8 +1,8 @@
 """Progress of a playbook run, rendered from ansible-runner events.
 
 `RunState` folds events into what each host is doing now and what failed. Two renderings sit on
-top: `PlainDisplay` (one line per task result and host, heartbeat lines during long tasks; for
-pipes, CI logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task
+top: `PlainDisplay` (one line per task result and host, skipped tasks only counted unless verbose,
+heartbeat lines during long tasks; for pipes, CI logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task
 runs). Both end with the failures in full and a per-host recap table.
 """
 
@@ -134,11 +134,13 @@ class PlainDisplay:
     """Line-per-result output for pipes and CI logs; heartbeat lines every `heartbeat` seconds."""
 
     def __init__(self, out: TextIO | None = None, *, heartbeat: float = HEARTBEAT_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, verbose: bool = False) -> None:
         self.out = out or sys.stdout
         self.state = RunState()
         self.heartbeat = heartbeat
         self.clock = clock
+        self.verbose = verbose  # list skipped tasks too (otherwise only counted)
+        self.skips_hidden = 0
         self.console = Console(file=self.out, no_color=True, highlight=False, width=100,
                                force_terminal=False, soft_wrap=True)
 
@@ -149,6 +151,8 @@ class PlainDisplay:
         kind, host = self.state.apply(event)
         if kind == "play":
             self.line(f"PLAY {self.state.play}")
+        elif host and kind == "skipped" and not self.verbose:
+            self.skips_hidden += 1
         elif host and kind in ("ok", "changed", "skipped", "ignored", "failed", "unreachable"):
             state = self.state.hosts[host]
             took = (event.get("event_data") or {}).get("duration")
@@ -181,7 +185,8 @@ class PlainDisplay:
 
     def finish(self, result: RunResult) -> None:
         print_failures(self.console, self.state.failures)
-        print_recap(self.console, result)
+        for line in plain_recap(result, self.skips_hidden):
+            self.line(line)
 
 
 class LiveDisplay:
@@ -228,11 +233,12 @@ class LiveDisplay:
         return table
 
 
-def make_display(plain: bool = False, out: TextIO | None = None):
-    """Live when writing to a terminal, plain lines otherwise (or when asked)."""
+def make_display(plain: bool = False, out: TextIO | None = None, verbose: bool = False):
+    """Live when writing to a terminal, plain lines otherwise (or when asked); verbose plain lines
+    list skipped tasks too."""
     out = out or sys.stdout
     if plain or not out.isatty():
-        return PlainDisplay(out)
+        return PlainDisplay(out, verbose=verbose)
     return LiveDisplay(Console(file=out))
 
 
@@ -258,17 +264,34 @@ def print_recap(console: Console, result: RunResult) -> None:
     for error in result.errors:
         console.print(error, style="red", markup=False, highlight=False)
     table = Table(box=box.SIMPLE, title="Recap", title_justify="left")
-    columns = ("ok", "changed", "failed", "unreachable", "skipped")
     table.add_column("host")
-    for column in columns:
+    for column in RECAP_COLUMNS:
         table.add_column(column, justify="right")
     for host, stats in sorted(result.hosts.items()):
-        table.add_row(host, *(str(getattr(stats, c)) for c in columns))
+        table.add_row(host, *(str(getattr(stats, c)) for c in RECAP_COLUMNS))
     if result.hosts:
         console.print(table)
     else:
         console.print("Recap: no host ran a task", markup=False, highlight=False)
     console.print(f"Run record: {result.artifact_dir}", markup=False, highlight=False)
+
+
+RECAP_COLUMNS = ("ok", "changed", "failed", "unreachable", "skipped")
+
+
+def plain_recap(result: RunResult, skips_hidden: int = 0) -> list[str]:
+    """The recap as plain lines: a header row, one row per host, how many skipped tasks went unlisted."""
+    lines = list(result.errors)
+    if result.hosts:
+        width = max(len("host"), *(len(h) for h in result.hosts))
+        lines += ["", "Recap", "  ".join(["host".ljust(width), *RECAP_COLUMNS])]
+        lines += ["  ".join([host.ljust(width), *(str(getattr(stats, c)).rjust(len(c)) for c in RECAP_COLUMNS)])
+                  for host, stats in sorted(result.hosts.items())]
+    else:
+        lines.append("Recap: no host ran a task")
+    if skips_hidden:
+        lines.append(f"{skips_hidden} skipped task{'' if skips_hidden == 1 else 's'} not listed (-v lists them)")
+    return lines + [f"Run record: {result.artifact_dir}"]
 
 
 def _styled(result: str) -> str:
