@@ -253,8 +253,12 @@ def _endpoint_check(role: str, result: dict, svc: dict | None) -> Check:
     error = result.get("error") or "no answer"
     if result.get("status") is not None:
         return Check(name, "failed", f"{where} answered {error}")
-    if svc and svc.get("state") == "failed":
-        return Check(name, "failed", f"down on {where} ({error})")
+    state = (svc or {}).get("state")
+    if state in ("failed", "inactive", "deactivating"):  # nothing is starting: not "still loading"
+        what = "failed" if state == "failed" else "stopped"
+        return Check(name, "failed", f"down on {where} ({svc.get('unit')} is {what}; {error})")
+    if state == "activating" and svc.get("sub") == "auto-restart":
+        return Check(name, "degraded", f"not answering on {where} ({svc.get('unit')} crashed and waits to restart)")
     return Check(name, "degraded", f"not answering on {where} ({error}); still loading?")
 
 
@@ -308,6 +312,17 @@ def _download_line(d: dict) -> str:
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
+
+
+def plain_lines(statuses: list[HostStatus]) -> list[str]:
+    """The status as plain lines (pipes, CI logs, `--plain`): a line per host with its verdict, then
+    one per check, so nothing wraps into a table cell."""
+    lines = []
+    for s in statuses:
+        name = s.name if s.address in (s.name, "", None) else f"{s.name} ({s.address})"
+        lines.append(f"{name}: {s.verdict}" + (f": {s.error}" if s.error else ""))
+        lines += [f"  {c.name:<14} {c.level:<9} {c.detail}" for c in s.checks]
+    return lines
 
 
 def report(statuses: list[HostStatus], *, deep: bool = False) -> dict:

@@ -104,6 +104,22 @@ def test_api_refusing_while_unit_runs_is_degraded_and_http_error_fails():
     assert levels(down)["api"] == "failed"
 
 
+@pytest.mark.parametrize("state, sub", [("inactive", "dead"), ("deactivating", "stop"), ("failed", "failed")])
+def test_a_stopped_unit_is_not_still_loading(state, sub):
+    refused = {"port": 8080, "ok": False, "error": "connection refused (nothing listens on the port)"}
+    p = probe(webui=refused, services=[svc("api"), svc("webui", state=state, sub=sub)])
+    (check,) = [c for c in st.evaluate(p) if c.name == "webui"]
+    assert check.level == "failed" and "still loading" not in check.detail
+    assert check.detail.startswith("down on 127.0.0.1:8080 (ktdeploy-webui is ")
+
+
+def test_a_unit_waiting_to_restart_is_not_still_loading():
+    refused = {"port": 8080, "ok": False, "error": "connection refused (nothing listens on the port)"}
+    p = probe(webui=refused, services=[svc("api"), svc("webui", state="activating", sub="auto-restart")])
+    (check,) = [c for c in st.evaluate(p) if c.name == "webui"]
+    assert check.level == "degraded" and check.detail.endswith("(ktdeploy-webui crashed and waits to restart)")
+
+
 def test_webui_down_makes_host_degraded():
     p = probe(webui={"port": 8080, "ok": False, "error": "timed out"})
     assert st.verdict(st.evaluate(p)) == "degraded"
@@ -207,3 +223,13 @@ def test_flash_attn_route_of_the_torch_stage_is_shown():
     assert "flash_attn" not in levels(probe())
     old = dict(SERVING["stages"], torch={"record": {"settings": {"flash_attn": True}}, "mtime": 3.0})
     assert "flash_attn" not in levels(probe(stages=old))
+
+
+def test_plain_lines_one_per_check_under_a_host_line():
+    hosts = _hosts()
+    lines = st.plain_lines(hosts[:2])
+    assert lines[0] == "a: unreachable: SSH connection timed out; is the host up and reachable?"
+    assert lines[1] == "b: failed"
+    assert any(ln.startswith("  service:api    failed    ktdeploy-api failed (") for ln in lines)
+    assert "  stages         ok        completed: base, serve" in lines
+    assert len(lines) == 2 + len(hosts[1].checks)
