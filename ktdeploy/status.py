@@ -229,6 +229,12 @@ def _service_check(role: str, svc: dict, declared: bool) -> Check:
         if sub == "auto-restart":
             return Check(name, "degraded", f"{unit} crashed and is waiting to restart{again}")
         return Check(name, "degraded", f"{unit} starting (waiting for readiness; the model may still be loading){again}")
+    if state == "failed" and svc.get("start_limit_hit"):
+        limit = svc.get("start_limit") or {}
+        within = f" ({limit['burst']} starts within {limit['interval']})" if limit.get("burst") else ""
+        return Check(name, "failed", f"{unit} hit its start limit{within}: systemd no longer restarts it (last result "
+                     f"{svc.get('result')}{again}); fix the cause (`ktdeploy logs HOST {role}`), then re-run provision, "
+                     "which resets and starts it")
     if state == "failed":
         why = f"result {svc.get('result')}" if svc.get("result") else svc.get("detail") or sub
         return Check(name, "failed", f"{unit} failed ({why}{again}); see `ktdeploy logs HOST {role}`")

@@ -73,6 +73,15 @@ def test_service_states(service, expect_level, words):
     assert check.level == expect_level and words in check.detail
 
 
+def test_a_unit_at_its_start_limit_says_so_and_how_to_recover():
+    stuck = svc("api", state="failed", sub="failed", result="exit-code", restarts=5, start_limit_hit=True,
+                start_limit={"burst": 5, "interval": "1h"})
+    (check,) = [c for c in st.evaluate(probe(services=[stuck, svc("webui")])) if c.name == "service:api"]
+    assert check.level == "failed"
+    assert check.detail.startswith("ktdeploy-api hit its start limit (5 starts within 1h): systemd no longer restarts it")
+    assert "re-run provision" in check.detail and "ktdeploy logs HOST api" in check.detail
+
+
 def test_services_not_deployed_yet_is_degraded_not_failed():
     p = probe(
         services_declared=False,
