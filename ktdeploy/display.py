@@ -1,9 +1,10 @@
 """Progress of a playbook run, rendered from ansible-runner events.
 
-`RunState` folds events into what each host is doing now and what failed. Two renderings sit on
-top: `PlainDisplay` (one line per task result and host, skipped tasks only counted unless verbose,
-heartbeat lines during long tasks; for pipes, CI logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task
-runs). Both end with the failures in full and a per-host recap table.
+`RunState` folds events into what each host is doing now and what failed (a looped task: each
+failed item and its cause). Two renderings sit on top: `PlainDisplay` (one line per task result and
+host, skipped tasks only counted unless verbose, heartbeat lines during long tasks; for pipes, CI
+logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task runs). Both end
+with the failures in full and a per-host recap (plain lines with a header row, or a table).
 """
 
 from __future__ import annotations
