@@ -1,13 +1,15 @@
 """Progress of a playbook run, rendered from ansible-runner events.
 
-`RunState` folds events into what each host is doing now and what failed. Two renderings sit on
-top: `PlainDisplay` (one line per task result and host, heartbeat lines during long tasks; for
-pipes, CI logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task
-runs). Both end with the failures in full and a per-host recap table.
+`RunState` folds events into what each host is doing now and what failed (a looped task: each
+failed item and its cause). Two renderings sit on top: `PlainDisplay` (one line per task result and
+host, skipped tasks only counted unless verbose, heartbeat lines during long tasks; for pipes, CI
+logs and `--plain`) and `LiveDisplay` (a rich table per host that ticks while a task runs). Both end
+with the failures in full and a per-host recap (plain lines with a header row, or a table).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,8 +30,9 @@ _RESULTS = {
     "runner_on_skipped": "skipped",
     "runner_on_unreachable": "unreachable",
 }
-_DUMP_FIELDS = ("msg", "rc", "stderr", "stdout", "module_stderr", "module_stdout")
+_DUMP_FIELDS = ("msg", "rc", "stderr", "stdout", "module_stderr", "module_stdout", "censored")
 _DUMP_LINES = 20
+_GENERIC_MSGS = ("", "non-zero return code", "MODULE FAILURE", "One or more items failed")
 
 
 @dataclass
@@ -48,10 +51,36 @@ class Failure:
     task: str
     kind: str  # "failed" or "unreachable"
     details: dict = field(default_factory=dict)
+    items: list[tuple[str, dict]] = field(default_factory=list)  # (label, details) of each failed loop item
 
     def summary(self) -> str:
-        msg = str(self.details.get("msg") or "").strip().splitlines()
-        return msg[0] if msg else self.kind
+        if self.items:
+            return "; ".join(f"{label}: {cause(details) or 'failed'}" for label, details in self.items)
+        return cause(self.details) or self.kind
+
+
+def cause(details: dict) -> str:
+    """One line saying why: the message, or for a command's bare "non-zero return code" its exit
+    status and the last line it wrote to stderr."""
+    msg = str(details.get("msg") or "").strip()
+    lines = str(details.get("stderr") or details.get("module_stderr") or "").strip().splitlines()
+    if msg in _GENERIC_MSGS and lines:
+        rc = f"exit {details['rc']}: " if details.get("rc") is not None else ""
+        return rc + lines[-1].strip()
+    return msg.splitlines()[0] if msg else str(details.get("censored") or "")
+
+
+def _details(res: dict) -> dict:
+    return {k: res[k] for k in _DUMP_FIELDS if res.get(k) not in (None, "")}
+
+
+def _failed_items(res: dict) -> list[tuple[str, dict]]:
+    items = []
+    for n, r in enumerate(res.get("results") or [], 1):
+        if isinstance(r, dict) and r.get("failed"):
+            label = r.get("_ansible_item_label", r.get("item", f"item {n}"))
+            items.append((label if isinstance(label, str) else json.dumps(label, sort_keys=True), _details(r)))
+    return items
 
 
 class RunState:
@@ -92,8 +121,10 @@ class RunState:
             if result == "failed" and data.get("ignore_errors"):
                 result = "ignored"
             elif result in ("failed", "unreachable"):
-                details = {k: res[k] for k in _DUMP_FIELDS if res.get(k) not in (None, "")}
-                self.failures.append(Failure(host, data.get("task", state.task), result, details))
+                details, items = _details(res), _failed_items(res)
+                if items and details.get("msg") in _GENERIC_MSGS:
+                    details.pop("msg")  # "One or more items failed": the items say what
+                self.failures.append(Failure(host, data.get("task", state.task), result, details, items))
             state.task = data.get("task", state.task)
             state.running, state.last_result = False, result
             return result, host
@@ -104,11 +135,13 @@ class PlainDisplay:
     """Line-per-result output for pipes and CI logs; heartbeat lines every `heartbeat` seconds."""
 
     def __init__(self, out: TextIO | None = None, *, heartbeat: float = HEARTBEAT_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, verbose: bool = False) -> None:
         self.out = out or sys.stdout
         self.state = RunState()
         self.heartbeat = heartbeat
         self.clock = clock
+        self.verbose = verbose  # list skipped tasks too (otherwise only counted)
+        self.skips_hidden = 0
         self.console = Console(file=self.out, no_color=True, highlight=False, width=100,
                                force_terminal=False, soft_wrap=True)
 
@@ -119,6 +152,8 @@ class PlainDisplay:
         kind, host = self.state.apply(event)
         if kind == "play":
             self.line(f"PLAY {self.state.play}")
+        elif host and kind == "skipped" and not self.verbose:
+            self.skips_hidden += 1
         elif host and kind in ("ok", "changed", "skipped", "ignored", "failed", "unreachable"):
             state = self.state.hosts[host]
             took = (event.get("event_data") or {}).get("duration")
@@ -151,7 +186,8 @@ class PlainDisplay:
 
     def finish(self, result: RunResult) -> None:
         print_failures(self.console, self.state.failures)
-        print_recap(self.console, result)
+        for line in plain_recap(result, self.skips_hidden):
+            self.line(line)
 
 
 class LiveDisplay:
@@ -198,11 +234,12 @@ class LiveDisplay:
         return table
 
 
-def make_display(plain: bool = False, out: TextIO | None = None):
-    """Live when writing to a terminal, plain lines otherwise (or when asked)."""
+def make_display(plain: bool = False, out: TextIO | None = None, verbose: bool = False):
+    """Live when writing to a terminal, plain lines otherwise (or when asked); verbose plain lines
+    list skipped tasks too."""
     out = out or sys.stdout
     if plain or not out.isatty():
-        return PlainDisplay(out)
+        return PlainDisplay(out, verbose=verbose)
     return LiveDisplay(Console(file=out))
 
 
@@ -210,28 +247,52 @@ def print_failures(console: Console, failures: list[Failure]) -> None:
     for failure in failures:
         console.print(f"\n{failure.kind.upper()}: {failure.host}: {failure.task}", style="bold red",
                       markup=False, highlight=False)
-        for key, value in failure.details.items():
-            lines = str(value).rstrip().splitlines() or [""]
-            if len(lines) > _DUMP_LINES:
-                lines = [f"... ({len(lines) - _DUMP_LINES} earlier lines in the run record)"] + lines[-_DUMP_LINES:]
-            console.print(f"  {key}: " + "\n    ".join(lines), markup=False, highlight=False)
+        _print_details(console, failure.details, "  ")
+        for label, details in failure.items:
+            console.print(f"  item {label}:", markup=False, highlight=False)
+            _print_details(console, details, "    ")
+
+
+def _print_details(console: Console, details: dict, indent: str) -> None:
+    for key, value in details.items():
+        lines = str(value).rstrip().splitlines() or [""]
+        if len(lines) > _DUMP_LINES:
+            lines = [f"... ({len(lines) - _DUMP_LINES} earlier lines in the run record)"] + lines[-_DUMP_LINES:]
+        console.print(f"{indent}{key}: " + f"\n{indent}  ".join(lines), markup=False, highlight=False)
 
 
 def print_recap(console: Console, result: RunResult) -> None:
     for error in result.errors:
         console.print(error, style="red", markup=False, highlight=False)
     table = Table(box=box.SIMPLE, title="Recap", title_justify="left")
-    columns = ("ok", "changed", "failed", "unreachable", "skipped")
     table.add_column("host")
-    for column in columns:
+    for column in RECAP_COLUMNS:
         table.add_column(column, justify="right")
     for host, stats in sorted(result.hosts.items()):
-        table.add_row(host, *(str(getattr(stats, c)) for c in columns))
+        table.add_row(host, *(str(getattr(stats, c)) for c in RECAP_COLUMNS))
     if result.hosts:
         console.print(table)
     else:
         console.print("Recap: no host ran a task", markup=False, highlight=False)
     console.print(f"Run record: {result.artifact_dir}", markup=False, highlight=False)
+
+
+RECAP_COLUMNS = ("ok", "changed", "failed", "unreachable", "skipped")
+
+
+def plain_recap(result: RunResult, skips_hidden: int = 0) -> list[str]:
+    """The recap as plain lines: a header row, one row per host, how many skipped tasks went unlisted."""
+    lines = list(result.errors)
+    if result.hosts:
+        width = max(len("host"), *(len(h) for h in result.hosts))
+        lines += ["", "Recap", "  ".join(["host".ljust(width), *RECAP_COLUMNS])]
+        lines += ["  ".join([host.ljust(width), *(str(getattr(stats, c)).rjust(len(c)) for c in RECAP_COLUMNS)])
+                  for host, stats in sorted(result.hosts.items())]
+    else:
+        lines.append("Recap: no host ran a task")
+    if skips_hidden:
+        lines.append(f"{skips_hidden} skipped task{'' if skips_hidden == 1 else 's'} not listed (-v lists them)")
+    return lines + [f"Run record: {result.artifact_dir}"]
 
 
 def _styled(result: str) -> str:

@@ -244,6 +244,12 @@ def _service_check(role: str, svc: dict, declared: bool) -> Check:
         if sub == "auto-restart":
             return Check(name, "degraded", f"{unit} crashed and is waiting to restart{again}")
         return Check(name, "degraded", f"{unit} starting (waiting for readiness; the model may still be loading){again}")
+    if state == "failed" and svc.get("start_limit_hit"):
+        limit = svc.get("start_limit") or {}
+        within = f" ({limit['burst']} starts within {limit['interval']})" if limit.get("burst") else ""
+        return Check(name, "failed", f"{unit} hit its start limit{within}: systemd no longer restarts it (last result "
+                     f"{svc.get('result')}{again}); fix the cause (`ktdeploy logs HOST {role}`), then re-run provision, "
+                     "which resets and starts it")
     if state == "failed":
         why = f"result {svc.get('result')}" if svc.get("result") else svc.get("detail") or sub
         return Check(name, "failed", f"{unit} failed ({why}{again}); see `ktdeploy logs HOST {role}`")
@@ -268,8 +274,12 @@ def _endpoint_check(role: str, result: dict, svc: dict | None) -> Check:
     error = result.get("error") or "no answer"
     if result.get("status") is not None:
         return Check(name, "failed", f"{where} answered {error}")
-    if svc and svc.get("state") == "failed":
-        return Check(name, "failed", f"down on {where} ({error})")
+    state = (svc or {}).get("state")
+    if state in ("failed", "inactive", "deactivating"):  # nothing is starting: not "still loading"
+        what = "failed" if state == "failed" else "stopped"
+        return Check(name, "failed", f"down on {where} ({svc.get('unit')} is {what}; {error})")
+    if state == "activating" and svc.get("sub") == "auto-restart":
+        return Check(name, "degraded", f"not answering on {where} ({svc.get('unit')} crashed and waits to restart)")
     return Check(name, "degraded", f"not answering on {where} ({error}); still loading?")
 
 
@@ -310,7 +320,7 @@ def _download_line(d: dict) -> str:
     """One download as the download state module reports it (docs/architecture.md, "Download status")."""
     line = f"{d.get('name', 'download')} {d.get('phase', '')}".strip()
     done, total = d.get("done_bytes"), d.get("total_bytes")
-    if d.get("percent") is not None and total:
+    if d.get("percent") is not None and total and d.get("phase") != "refused":  # refused: nothing fetched
         line += f" {d['percent']:.1f}% ({_gb(done or 0)}/{_gb(total)} GB)"
     if d.get("rate_bps"):
         line += f", {d['rate_bps'] / 1e6:.1f} MB/s"
@@ -323,6 +333,17 @@ def _download_line(d: dict) -> str:
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
+
+
+def plain_lines(statuses: list[HostStatus]) -> list[str]:
+    """The status as plain lines (pipes, CI logs, `--plain`): a line per host with its verdict, then
+    one per check, so nothing wraps into a table cell."""
+    lines = []
+    for s in statuses:
+        name = s.name if s.address in (s.name, "", None) else f"{s.name} ({s.address})"
+        lines.append(f"{name}: {s.verdict}" + (f": {s.error}" if s.error else ""))
+        lines += [f"  {c.name:<14} {c.level:<9} {c.detail}" for c in s.checks]
+    return lines
 
 
 def report(statuses: list[HostStatus], *, deep: bool = False) -> dict:

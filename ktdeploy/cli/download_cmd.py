@@ -60,7 +60,8 @@ def wait_with_progress(targets: list[Target], variant_name: str | None, plain: b
 @click.option("--verify", is_flag=True, help="Hash every file again, even those already verified.")
 @click.option("--json", "as_json", is_flag=True, help="Print the download status as JSON.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live displays.")
-def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, as_json, plain):
+@click.option("-v", "--verbose", is_flag=True, help="Plain lines list skipped tasks too (else the recap counts them).")
+def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, as_json, plain, verbose):
     """Fetch the GGUF variant and the DeepSeek-R1 config files onto HOST... (or the hosts of -i).
 
     Each download runs detached on the host (tmux session `ktd-dl-<name>`, owned by the service
@@ -75,7 +76,7 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, a
     extravars = downloads.download_extravars(variant, source, endpoint, verify)
     request = provisioning.build_request(hosts, inventory, limit, (), (), (), False)
     provisioning.check_connections(request, lambda line: click.echo(line, err=True))
-    display = make_display(plain=plain, out=sys.stderr if as_json else None)  # stdout holds only the JSON
+    display = make_display(plain=plain, out=sys.stderr if as_json else None, verbose=verbose)  # stdout holds only the JSON
     try:
         result = engine.run_playbook("site.yml", request.inventory, extravars=extravars, tags=["model_download"],
                                      limit=request.limit, on_event=display.event, on_tick=display.tick)

@@ -31,7 +31,8 @@ def say(line: str) -> None:
               help="Apply a named set of settings (ktdeploy/profiles/NAME.yml), e.g. cpu-demo; -e wins over it.")
 @click.option("--force", is_flag=True, help="Go on although preflight finds problems with the plan.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of the live display.")
-def provision(hosts, inventory, limit, check, only, skip, extra, profile, force, plain):
+@click.option("-v", "--verbose", is_flag=True, help="Plain lines list skipped tasks too (else the recap counts them).")
+def provision(hosts, inventory, limit, check, only, skip, extra, profile, force, plain, verbose):
     """Converge HOST... (HOST, USER@HOST, USER@HOST:PORT, or `local` for this machine) or the hosts of -i INVENTORY.
 
     First checks that every host answers over SSH and can use sudo, then plans each host from its
@@ -44,7 +45,7 @@ def provision(hosts, inventory, limit, check, only, skip, extra, profile, force,
         say(warning)
     provisioning.check_connections(request, say)
     provisioning.preflight(request, force, say)
-    display = make_display(plain=plain)
+    display = make_display(plain=plain, verbose=verbose)
     try:
         result = engine.run_playbook(
             "site.yml", request.inventory, extravars=request.extravars, tags=request.tags,

@@ -67,7 +67,8 @@ def _cell(checks: list[st.Check]) -> str:
 @click.option("--model", help="Model id the API must list (default: the one the serving stage recorded).")
 @click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="SSH connect timeout, seconds (more than 0).")
-def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout):
+@click.option("--plain", is_flag=True, help="Plain lines, one per check, instead of a table (the default when output is not a terminal).")
+def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout, plain):
     """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
 
     Exit code: 0 all hosts ok, 5 a host is not ready yet (degraded), 1 a host failed,
@@ -81,30 +82,36 @@ def status(hosts, inventory, as_json, watch, interval, deep, model, connect_time
         statuses = st.collect(targets, deep=deep, model=model, connect_timeout=connect_timeout)
         return statuses, st.report(statuses, deep=deep)
 
+    plain = plain or not sys.stdout.isatty()
     if not watch:
         statuses, doc = round_once()
         if as_json:
             click.echo(json.dumps(doc, indent=2))
+        elif plain:
+            click.echo("\n".join(st.plain_lines(statuses)))
         else:
             from rich.console import Console
 
             Console().print(_table(statuses, deep))
         sys.exit(doc["exit_code"])
-    sys.exit(_watch(round_once, interval, as_json, deep))
+    sys.exit(_watch(round_once, interval, as_json, deep, plain))
 
 
-def _watch(round_once, interval: float, as_json: bool, deep: bool) -> int:
+def _watch(round_once, interval: float, as_json: bool, deep: bool, plain: bool = False) -> int:
     from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
 
     code = 0
     try:
-        if as_json:  # one JSON document per line and round
+        if as_json or plain:  # one JSON document per line and round, or the plain lines of each round
             while True:
-                _, doc = round_once()
+                statuses, doc = round_once()
                 code = doc["exit_code"]
-                click.echo(json.dumps(doc))
+                if as_json:
+                    click.echo(json.dumps(doc))
+                else:
+                    click.echo("\n".join([time.strftime("%H:%M:%S"), *st.plain_lines(statuses)]), nl=True)
                 time.sleep(interval)
         with Live(Text("probing…"), console=Console(), auto_refresh=False) as live:
             while True:

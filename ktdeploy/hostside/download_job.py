@@ -2,7 +2,8 @@
 
 ``python3 download_job.py ensure JOB_DIR [--rehash]``
     Decide and act, printing one JSON line: ``running`` (a runner holds the job; nothing started),
-    ``complete`` (every file in place and verified; nothing done), or ``started`` (a detached
+    ``complete`` (every file in place and verified; nothing fetched, the source not asked; a state
+    left ``refused``/``failed`` by an earlier run is set back to complete), or ``started`` (a detached
     tmux/screen session now runs the job). Before starting it lists the source, writes the
     manifest and refuses when the listing is empty or the disk lacks room for what is left.
     Exit 0, or 2 (bad input: unknown repo, nothing matched), 5 (not enough disk), 1 (other).
@@ -69,7 +70,9 @@ def load_job(job_dir: Path) -> dict:
 
 
 def job_digest(job: dict) -> str:
-    keys = ("source", "repo", "revision", "includes", "excludes", "dest", "endpoint")
+    """What the job puts where. Not the endpoint: verified files stay complete whichever mirror (or an
+    unreachable one) a later run names, so a re-run never lists or fetches them again."""
+    keys = ("source", "repo", "revision", "includes", "excludes", "dest")
     return hashlib.sha256(json.dumps({k: job.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
 
 
@@ -251,7 +254,10 @@ def ensure(job_dir: Path, rehash: bool = False) -> dict:
         dest = Path(job["dest"])
         if (not rehash and manifest and manifest.get("job_digest") == job_digest(job)
                 and ds.all_verified(manifest["files"], dest, state.get("verified", {}))):
-            return {"action": "complete", "changed": False, "files": len(manifest["files"]),
+            stale = state.get("phase") != "complete" or state.get("error")  # e.g. refused by an earlier run
+            if stale:
+                update_state(job_dir, phase="complete", error=None)
+            return {"action": "complete", "changed": bool(stale), "files": len(manifest["files"]),
                     "total_bytes": manifest["total_bytes"]}
         try:
             manifest = make_manifest(job)

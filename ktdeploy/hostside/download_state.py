@@ -322,7 +322,7 @@ def status(job_dir: Path, now: float | None = None) -> dict:
            "dest": job.get("dest"), "phase": phase, "running": alive,
            "rc": int(rc_text) if rc_text.lstrip("-").isdigit() else None,
            "error": state.get("error"), "session": state.get("session")}
-    if not manifest:
+    if not manifest or phase == "refused":  # refused before fetching: an older manifest is not its progress
         return {**out, "files": 0, "total_bytes": None, "done_bytes": None, "percent": None,
                 "rate_bps": None, "eta_s": None}
     files = manifest["files"]

@@ -28,7 +28,9 @@ DOWNLOAD_LIB_DIR = "/usr/local/lib/ktdeploy"
 SUPERVISOR_CONF = "/etc/supervisor/supervisord.conf"
 SUPERVISOR_LOG = "/var/log/supervisor/supervisord.log"
 MAX_RECORD_BYTES = 65536
-SYSTEMD_PROPS = "Id,LoadState,ActiveState,SubState,Result,NRestarts,MainPID,ExecMainStatus,UnitFileState,ActiveEnterTimestampMonotonic"
+SYSTEMD_PROPS = ("Id,LoadState,ActiveState,SubState,Result,NRestarts,MainPID,ExecMainStatus,UnitFileState,"
+                 "ActiveEnterTimestampMonotonic,StartLimitBurst,StartLimitIntervalUSec")
+START_LIMIT_LINE = "Start request repeated too quickly"
 
 
 def main(argv):
@@ -211,8 +213,25 @@ def systemd_states(units, errors):
         return {}
     states = {}
     for unit, props in zip(units, parse_systemctl_show(stdout)):
-        states[unit] = systemd_entry(props)
+        states[unit] = entry = systemd_entry(props)
+        if entry["state"] == "failed":  # Result keeps the crash's own result when the start limit stops it
+            rc, journal, _ = run(["journalctl", "--no-pager", "-o", "cat", "-n", "20", "-u", props.get("Id") or unit,
+                                  "_PID=1"])
+            entry["start_limit_hit"] = rc == 0 and start_limit_hit(journal.splitlines())
+            entry["start_limit"] = {"burst": to_int(props.get("StartLimitBurst")),
+                                    "interval": props.get("StartLimitIntervalUSec")}
     return states
+
+
+def start_limit_hit(lines):
+    """systemd's last word on the unit (its own journal lines) is that it refused to start it again."""
+    hit = False
+    for line in lines:
+        if START_LIMIT_LINE in line:
+            hit = True
+        elif line.startswith(("Starting ", "Started ")):
+            hit = False
+    return hit
 
 
 def parse_systemctl_show(text):

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import yaml
 
+from ktdeploy.lab.paths import CONTROLLER_IP, WHEELHOUSE_PORT
 from ktdeploy.lab.ssh import COMMON_OPTS
 
 GROUP = "lab"
+# Lab hosts reach no package index but the lab wheelhouse (it holds what was added to it, e.g. by
+# `ktdeploy lab demo`): every role that runs pip applies python_env's settings.
+PIP_VARS = {
+    "python_env_pip_index_url": f"http://{CONTROLLER_IP}:{WHEELHOUSE_PORT}/simple/",
+    "python_env_pip_trusted_hosts": [CONTROLLER_IP],
+}
 
 
 def host_vars(address: str, key: Path, user: str = "deploy") -> dict:
@@ -24,8 +31,9 @@ def host_vars(address: str, key: Path, user: str = "deploy") -> dict:
 
 
 def render(hosts: list[tuple[str, str]], key: Path) -> dict:
-    """hosts: (name, address) pairs -> inventory data with one group, `lab`."""
-    return {"all": {"children": {GROUP: {"hosts": {name: host_vars(addr, key) for name, addr in hosts}}}}}
+    """hosts: (name, address) pairs -> inventory data with one group, `lab`, whose pip uses the wheelhouse."""
+    return {"all": {"children": {GROUP: {"hosts": {name: host_vars(addr, key) for name, addr in hosts},
+                                         "vars": dict(PIP_VARS)}}}}
 
 
 def write(path: Path, hosts: list[tuple[str, str]], key: Path) -> Path:

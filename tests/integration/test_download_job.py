@@ -249,3 +249,40 @@ def test_local_path_mirror(make_job, repos, tmp_path):
     assert dj.ensure(job)["files"] == 3
     s = wait_done(job)
     assert s["phase"] == "complete" and dest_files(job) == shard_paths()
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_refused_run_is_retried_and_verified_files_are_not_fetched_again(make_job, hub, source):
+    """One run against an endpoint that answers nothing must not wedge a download: complete files stay
+    complete (nothing to ask the endpoint for), and a job it refused starts with the right endpoint."""
+    done, todo = make_job(source), make_job(source, repo=CONFIG_REPO, includes=(), excludes=("*.safetensors",))
+    dj.ensure(done)
+    assert wait_done(done)["phase"] == "complete"
+    good = {j: ds.read_json(j / "job.json") for j in (done, todo)}
+    hub.clear_log()
+    for j in (done, todo):
+        ds.write_json(j / "job.json", {**good[j], "endpoint": "http://127.0.0.1:9"})  # nothing listens there
+    assert dj.ensure(done)["action"] == "complete"
+    with pytest.raises(dj.JobError, match="cannot reach"):
+        dj.ensure(todo)
+    assert ds.status(todo)["phase"] == "refused"
+    for j in (done, todo):
+        ds.write_json(j / "job.json", good[j])
+    assert dj.ensure(done)["action"] == "complete" and ds.status(done)["phase"] == "complete"
+    assert dj.ensure(todo)["action"] == "started" and wait_done(todo)["phase"] == "complete"
+    assert hub.file_requests(shard_paths()[0]) == []  # the verified shards were never fetched again
+
+
+@pytest.mark.parametrize("source", ["mirror"])
+def test_a_complete_job_left_refused_is_shown_complete_again(make_job, hub, source):
+    """A state left `refused` by an older ktdeploy (or a listing that failed) over verified files:
+    the next ensure finds everything verified and says so in the state too."""
+    job = make_job(source)
+    dj.ensure(job)
+    wait_done(job)
+    dj.update_state(job, phase="refused", error="cannot reach http://127.0.0.1:9/: refused")
+    assert dj.ensure(job) == {"action": "complete", "changed": True, "files": 3,
+                              "total_bytes": ds.status(job)["total_bytes"]}
+    s = ds.status(job)
+    assert s["phase"] == "complete" and s["error"] is None
+    assert dj.ensure(job)["changed"] is False

@@ -40,9 +40,10 @@ def test_no_systemd_means_supervisord(bare):
     state, pid = wait_for(lambda: (s := _program(host))[0] == "RUNNING" and s, 60, "ktdeploy-api RUNNING")
     assert pid > 0
     assert [m["id"] for m in on_host_json(host, API + "/models")["data"]] == [MODEL]
-    conf = host.run("stat -c '%a %U' /etc/supervisor/conf.d/ktdeploy-api.conf /etc/ktdeploy/ktdeploy-api.env",
+    conf = host.run("stat -c '%a %U %G' /etc/supervisor/conf.d/ktdeploy-api.conf /etc/ktdeploy/ktdeploy-api.env",
                     check=True).stdout.split("\n")
-    assert conf[0] == "600 root" and conf[1] == "600 ktdeploy"
+    # the env file is root's: the program (ktdeploy-svc as the service user) reads it through its group
+    assert conf[0] == "600 root root" and conf[1] == "640 root ktdeploy"
 
 
 def test_kill_9_is_restarted_by_supervisord(bare):

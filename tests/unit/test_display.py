@@ -27,7 +27,7 @@ def result_of(events: list[dict], status: str = "failed") -> RunResult:
 
 def plain_run(events: list[dict], **kw) -> str:
     out = io.StringIO()
-    display = PlainDisplay(out, **kw)
+    display = PlainDisplay(out, **kw)  # verbose=False: skipped tasks are counted, not listed
     for event in events:
         display.event(event)
     display.finish(result_of(events))
@@ -35,12 +35,19 @@ def plain_run(events: list[dict], **kw) -> str:
 
 
 def test_plain_prints_one_line_per_task_result_and_host():
-    lines = plain_run(recorded("converge")).splitlines()
+    lines = plain_run(recorded("converge"), verbose=True).splitlines()
     assert lines[0] == "PLAY Exercise every kind of event"
     assert lines[1].startswith("alpha  changed     Write a marker file (")
     assert lines[2] == "alpha  skipped     Skip this on every host"
     assert lines[3].startswith("alpha  ok          Wait for a slow command (")
-    assert lines[5].startswith("alpha  failed      Fail on purpose (") and lines[5].endswith("non-zero return code")
+    assert lines[5].startswith("alpha  failed      Fail on purpose (") and lines[5].endswith("exit 3: boom")
+
+
+def test_skipped_tasks_are_counted_not_listed_unless_verbose():
+    text = plain_run(recorded("converge"))
+    assert " skipped " not in text.split("Recap")[0]
+    assert "1 skipped task not listed (-v lists them)" in text
+    assert "alpha  skipped     Skip this on every host" in plain_run(recorded("converge"), verbose=True)
 
 
 def test_plain_dumps_failures_and_ends_with_recap_and_run_record():
@@ -49,9 +56,27 @@ def test_plain_dumps_failures_and_ends_with_recap_and_run_record():
     assert "msg: non-zero return code" in dump and "rc: 3" in dump
     assert "stderr: boom" in dump and "stdout: partial output" in dump
     recap = text[text.index("Recap"):].splitlines()
-    recap = next(line for line in recap if line.strip().startswith("alpha "))
-    assert recap.split() == ["alpha", "3", "1", "1", "0", "1"]
+    assert recap[1:3] == ["host   ok  changed  failed  unreachable  skipped",
+                          "alpha   3        1       1            0        1"]
     assert text.rstrip().endswith("Run record: /runs/20261129-site-abcd")
+
+
+def test_failed_loop_items_each_name_their_cause():
+    """A looped task (service start, download start) fails per item: each failed item and why, not
+    Ansible's "One or more items failed"."""
+    text = plain_run(recorded("loop_failures"))
+    assert "One or more items failed" not in text
+    alpha = next(ln for ln in text.splitlines() if ln.startswith("alpha  failed"))
+    assert alpha.endswith(": ktdeploy-api: exit 1: Job for ktdeploy-api.service failed: start-limit-hit; "
+                          "ktdeploy-extra: exit 5: ktdeploy-extra.service not found")
+    beta = next(ln for ln in text.splitlines() if ln.startswith("beta  failed"))
+    assert beta.endswith(": DeepSeek-R1-UD-IQ1_S: DeepSeek-R1-UD-IQ1_S: cannot reach http://10.0.0.9/: Connection refused")
+    dump = text[text.index("FAILED: alpha: Start each service"):text.index("FAILED: beta")].splitlines()
+    assert dump[1:] == ["  item ktdeploy-api:", "    msg: non-zero return code", "    rc: 1",
+                        "    stderr: Job for ktdeploy-api.service failed: start-limit-hit",
+                        "    stdout: starting ktdeploy-api",
+                        "  item ktdeploy-extra:", "    msg: non-zero return code", "    rc: 5",
+                        "    stderr: ktdeploy-extra.service not found", "    stdout: starting ktdeploy-extra", ""]
 
 
 def test_async_polls_are_heartbeats_when_the_interval_has_passed():
@@ -122,7 +147,7 @@ def test_live_display_shows_the_running_task_and_its_heartbeat():
     finally:
         display.finish(result_of(events))
     text = out.getvalue()
-    assert "alpha: failed Fail on purpose: non-zero return code" in text
+    assert "alpha: failed Fail on purpose: exit 3: boom" in text
     assert "FAILED: alpha: Fail on purpose" in text and "Run record: /runs/20261129-site-abcd" in text
 
 

@@ -57,6 +57,7 @@ def test_session_names_are_safe_for_tmux():
 
 def test_job_digest_changes_with_what_is_fetched_only():
     assert dj.job_digest(job()) == dj.job_digest(job(max_workers=8, env={"X": "1"}))
+    assert dj.job_digest(job()) == dj.job_digest(job(endpoint="http://mirror.invalid"))  # where from: not what
     assert dj.job_digest(job()) != dj.job_digest(job(includes=["*UD-IQ1_M*"]))
 
 

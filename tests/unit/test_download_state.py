@@ -170,6 +170,22 @@ def test_status_of_a_job_dir(tmp_path):
     assert ds.status_all(tmp_path / "nothing") == []
 
 
+def test_a_refused_job_shows_no_progress(tmp_path):
+    """Refused before fetching: the bytes of an earlier manifest are not this job's progress (no 100 %)."""
+    job = tmp_path / "jobs" / "gguf"
+    job.mkdir(parents=True)
+    dest = tmp_path / "models"
+    (dest / "d").mkdir(parents=True)
+    (dest / "d/f0.bin").write_bytes(b"x" * 100)
+    ds.write_json(job / "job.json", {"source": "mirror", "repo": "o/n", "dest": str(dest)})
+    ds.write_json(job / "manifest.json", {"files": _files(tmp_path, [100])})
+    ds.write_json(job / "state.json", {"phase": "refused", "error": "cannot reach http://m/: refused"})
+    s = ds.status(job)
+    assert s["phase"] == "refused" and s["error"] == "cannot reach http://m/: refused"
+    assert (s["percent"], s["done_bytes"], s["total_bytes"], s["eta_s"]) == (None, None, None, None)
+    assert "100" not in ds._human(s)
+
+
 def test_status_cli_prints_json(tmp_path, capsys):
     assert ds.main(["--json", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == "[]"

@@ -56,6 +56,16 @@ def test_inventory_renders_ansible_connection_vars(tmp_path):
     }
 
 
+def test_inventory_points_pip_at_the_lab_wheelhouse(tmp_path):
+    """Lab hosts reach no package index but the wheelhouse: the inventory `lab up` prints says so, as the
+    demo's does, or provisioning it fails at the first pip install."""
+    from ktdeploy.lab import demo
+
+    path = inventory.write(tmp_path / "inv.yml", [("lab1", "10.203.1.2")], tmp_path / "k")
+    group_vars = yaml.safe_load(path.read_text())["all"]["children"]["lab"]["vars"]
+    assert group_vars == demo.pip_vars(type("Lab", (), {"wheelhouse": wheelhouse.Wheelhouse})())
+
+
 def test_inventory_is_read_by_ansible(tmp_path):
     from ktdeploy.targets import targets_from_inventory
 

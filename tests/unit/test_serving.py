@@ -108,6 +108,25 @@ def test_helper_gen_secret_is_0600_and_kept(tmp_path):
     assert again.stdout.strip() == "kept" and path.read_text() == content
 
 
+def test_helper_installed_answers_without_pip(tmp_path):
+    """`ktdeploy-svc installed` lets the role skip a long, polled pip install that would do nothing."""
+    info = tmp_path / "fake_server-0.3.36.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-server\nVersion: 0.3.36\n"
+                                   "Requires-Dist: click; extra == 'cli'\n"
+                                   'Requires-Dist: no-such-dep-ktdeploy>=1.0; extra == "server"\n')
+
+    def installed(*args):
+        return subprocess.run([sys.executable, str(HELPER), "installed", *args], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(tmp_path)}).returncode
+
+    assert installed("fake-server", "0.3.36") == 0
+    assert installed("fake_server", "0.3.36", "cli") == 0
+    assert installed("fake-server", "0.3.35") == 1
+    assert installed("fake-server", "0.3.36", "server") == 1  # the extra's requirement is missing
+    assert installed("absent-package-ktdeploy", "1.0") == 1
+
+
 def test_helper_wait_ready_gives_up_when_nothing_listens():
     r = subprocess.run([sys.executable, str(HELPER), "wait-ready", "http://127.0.0.1:9/v1/models", "--timeout", "1"],
                        capture_output=True, text=True, timeout=30)

@@ -31,6 +31,31 @@ def test_refused_host_is_unreachable_in_table_and_json():
     assert r.exit_code == 3 and doc["hosts"][0]["verdict"] == "unreachable" and doc["hosts"][0]["probe"] is None
 
 
+def _judged(monkeypatch):
+    from ktdeploy import status as st
+    from ktdeploy.remote import HostResult
+    from ktdeploy.targets import parse_target
+    from tests.unit.test_status_eval import SERVING
+
+    webui_stopped = [dict(SERVING["services"][0]),
+                     dict(SERVING["services"][1], state="inactive", sub="dead")]
+    probe = dict(SERVING, services=webui_stopped, webui={"port": 8080, "ok": False, "error": "connection refused"})
+    monkeypatch.setattr(st, "collect", lambda targets, **kw: [
+        st.judge(HostResult(t, value=(probe, 0.2))) for t in targets])
+
+
+@pytest.mark.parametrize("args", [[], ["--plain"]])
+def test_not_on_a_terminal_status_prints_plain_lines(monkeypatch, args):
+    """A pipe or a CI log gets one line per check, not an 80-column table whose cells wrap."""
+    _judged(monkeypatch)
+    r = CliRunner().invoke(main, ["status", "gpu1", *args])
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "gpu1: failed"
+    assert "  service:webui  failed    ktdeploy-webui is stopped (dead); start it or re-run provision" in lines
+    assert not any(ch in r.output for ch in "┃│━─┏")
+
+
 def test_watch_json_prints_a_document_per_round_until_ctrl_c():
     proc = subprocess.Popen([KTDEPLOY, "status", f"nobody@127.0.0.1:{free_port()}", "--watch", "--json", "--interval", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

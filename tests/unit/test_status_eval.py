@@ -73,6 +73,15 @@ def test_service_states(service, expect_level, words):
     assert check.level == expect_level and words in check.detail
 
 
+def test_a_unit_at_its_start_limit_says_so_and_how_to_recover():
+    stuck = svc("api", state="failed", sub="failed", result="exit-code", restarts=5, start_limit_hit=True,
+                start_limit={"burst": 5, "interval": "1h"})
+    (check,) = [c for c in st.evaluate(probe(services=[stuck, svc("webui")])) if c.name == "service:api"]
+    assert check.level == "failed"
+    assert check.detail.startswith("ktdeploy-api hit its start limit (5 starts within 1h): systemd no longer restarts it")
+    assert "re-run provision" in check.detail and "ktdeploy logs HOST api" in check.detail
+
+
 def test_services_not_deployed_yet_is_degraded_not_failed():
     p = probe(
         services_declared=False,
@@ -104,6 +113,22 @@ def test_api_refusing_while_unit_runs_is_degraded_and_http_error_fails():
     assert levels(down)["api"] == "failed"
 
 
+@pytest.mark.parametrize("state, sub", [("inactive", "dead"), ("deactivating", "stop"), ("failed", "failed")])
+def test_a_stopped_unit_is_not_still_loading(state, sub):
+    refused = {"port": 8080, "ok": False, "error": "connection refused (nothing listens on the port)"}
+    p = probe(webui=refused, services=[svc("api"), svc("webui", state=state, sub=sub)])
+    (check,) = [c for c in st.evaluate(p) if c.name == "webui"]
+    assert check.level == "failed" and "still loading" not in check.detail
+    assert check.detail.startswith("down on 127.0.0.1:8080 (ktdeploy-webui is ")
+
+
+def test_a_unit_waiting_to_restart_is_not_still_loading():
+    refused = {"port": 8080, "ok": False, "error": "connection refused (nothing listens on the port)"}
+    p = probe(webui=refused, services=[svc("api"), svc("webui", state="activating", sub="auto-restart")])
+    (check,) = [c for c in st.evaluate(p) if c.name == "webui"]
+    assert check.level == "degraded" and check.detail.endswith("(ktdeploy-webui crashed and waits to restart)")
+
+
 def test_webui_down_makes_host_degraded():
     p = probe(webui={"port": 8080, "ok": False, "error": "timed out"})
     assert st.verdict(st.evaluate(p)) == "degraded"
@@ -127,6 +152,16 @@ def test_download_states(download, level):
         assert checks["download"].detail == "r1 downloading 25.0% (5.00/20.00 GB), 20.0 MB/s, ETA 60 s"
     if download["state"] == "stopped":
         assert "re-run `ktdeploy download` to resume" in checks["download"].detail
+
+
+def test_a_refused_download_shows_its_cause_not_a_percentage():
+    # as the download state module of an older ktdeploy reports it: the bytes of an earlier manifest
+    refused = {"name": "DeepSeek-R1-config", "phase": "refused", "error": "cannot reach http://m/: refused",
+               "done_bytes": 10**9, "total_bytes": 10**9, "percent": 100.0}
+    (check,) = [c for c in st.evaluate(probe(download={"state": "failed", "downloads": [refused]}))
+                if c.name == "download"]
+    assert check.level == "failed"
+    assert check.detail == "DeepSeek-R1-config refused: cannot reach http://m/: refused"
 
 
 def test_no_download_recorded_adds_no_check():
@@ -197,3 +232,13 @@ def test_flash_attn_route_of_the_torch_stage_is_shown():
     assert "flash_attn" not in levels(probe())
     old = dict(SERVING["stages"], torch={"record": {"settings": {"flash_attn": True}}, "mtime": 3.0})
     assert "flash_attn" not in levels(probe(stages=old))
+
+
+def test_plain_lines_one_per_check_under_a_host_line():
+    hosts = _hosts()
+    lines = st.plain_lines(hosts[:2])
+    assert lines[0] == "a: unreachable: SSH connection timed out; is the host up and reachable?"
+    assert lines[1] == "b: failed"
+    assert any(ln.startswith("  service:api    failed    ktdeploy-api failed (") for ln in lines)
+    assert "  stages         ok        completed: base, serve" in lines
+    assert len(lines) == 2 + len(hosts[1].checks)

@@ -178,6 +178,35 @@ def test_parse_systemctl_show_recorded():
     assert entries[1]["result"] == "exit-code" and entries[1]["restarts"] >= 1
 
 
+def test_start_limit_read_from_systemds_own_journal_lines():
+    """Result stays `exit-code` when a crash loop hits the start limit; systemd's journal says it
+    (recorded on a lab host: `journalctl -u UNIT _PID=1 -o cat`, Debian 12's systemd 252)."""
+    hit = (RECORDED / "journal_start_limit.txt").read_text().splitlines()
+    assert sp.start_limit_hit(hit)
+    assert not sp.start_limit_hit((RECORDED / "journal_after_reset.txt").read_text().splitlines())
+    assert not sp.start_limit_hit([])
+
+
+def test_a_failed_unit_gets_its_start_limit(monkeypatch):
+    show = "\n".join(["Id=ktdeploy-api.service", "LoadState=loaded", "ActiveState=failed", "SubState=failed",
+                      "Result=exit-code", "NRestarts=5", "StartLimitBurst=5", "StartLimitIntervalUSec=1h", "",
+                      "Id=ktdeploy-webui.service", "LoadState=loaded", "ActiveState=active", "SubState=running",
+                      "Result=success", "NRestarts=0", "StartLimitBurst=5", "StartLimitIntervalUSec=1h", ""])
+    journal = (RECORDED / "journal_start_limit.txt").read_text()
+    calls = []
+
+    def run(argv, timeout=10):
+        calls.append(argv)
+        return 0, show if argv[0] == "systemctl" else journal, ""
+
+    monkeypatch.setattr(sp, "run", run)
+    states = sp.systemd_states(["ktdeploy-api", "ktdeploy-webui"], [])
+    assert states["ktdeploy-api"]["start_limit_hit"] is True
+    assert states["ktdeploy-api"]["start_limit"] == {"burst": 5, "interval": "1h"}
+    assert "start_limit_hit" not in states["ktdeploy-webui"]
+    assert [c[0] for c in calls] == ["systemctl", "journalctl"]  # the journal only for the failed unit
+
+
 def test_parse_supervisorctl_status_recorded():
     text = (RECORDED / "supervisorctl_status.txt").read_text()
     states = sp.parse_supervisorctl_status(text)
