@@ -15,7 +15,7 @@ import click
 
 from ktdeploy import catalog, exitcodes, facts, gguf_check, remote
 from ktdeploy.errors import BadInput, KtdeployError, PlanProblem, Unreachable
-from ktdeploy.plan import DEFAULT_MODEL_DIR, ENGINES, GIB, Plan, make_plan
+from ktdeploy.plan import DEFAULT_MODEL_DIR, DEFAULT_PORT, ENGINES, GIB, Plan, make_plan
 from ktdeploy.targets import Target, parse_target, parse_targets, targets_from_inventory
 
 
@@ -32,7 +32,8 @@ class PlanOptions:
     python_env: str = ""  # interpreter of the env KTransformers will use, if known
 
     def plan(self, f: facts.Facts, host: str | None = None) -> Plan:
-        return make_plan(f, self.variant, engine=self.engine, kt_version=self.kt_version, port=self.port, host=host)
+        return make_plan(f, self.variant, engine=self.engine, kt_version=self.kt_version, port=self.port, host=host,
+                         model_dir=self.model_dir)
 
 
 def gather_raw(
@@ -142,7 +143,7 @@ def facts_cmd(host: str, inventory: str | None, save_dir: str, model_dir: str) -
 @click.option("--engine", type=click.Choice(ENGINES), default="ktransformers", show_default=True)
 @click.option("--kt-version", help=f"KTransformers tag [default: {catalog.default_kt_version()}]")
 @click.option("--model-dir", default=DEFAULT_MODEL_DIR, show_default=True, help="where the models live on the host")
-@click.option("--port", type=click.IntRange(1, 65535), help="API port the plan records [default: 10002]")
+@click.option("--port", type=click.IntRange(1, 65535), help=f"API port the plan records [default: {DEFAULT_PORT}]")
 @click.option("--gguf-dir", type=click.Path(file_okay=False), help="with --facts --deep: local directory of the shards")
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON (docs/plan.md)")
 @click.option("--force", is_flag=True, help="exit 0 even when the plan has problems")

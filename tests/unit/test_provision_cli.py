@@ -149,3 +149,17 @@ def test_force_goes_on_and_tells_the_play(tmp_path, runs_dir, local_host, monkey
     assert result.exit_code == 99, result.output
     assert "problem (forced past)" in result.output
     assert captured["extravars"]["plan_force"] is True
+
+
+@pytest.mark.parametrize(("hostvars", "model_dir", "python"), [
+    ({}, "/srv/ktdeploy/models", "/srv/ktdeploy/venv-env/bin/python"),
+    ({"base_data_dir": "/data"}, "/data/models", "/data/venv-env/bin/python"),
+    ({"base_data_dir": "/data", "base_model_dir": "{{ base_data_dir }}/big"}, "/data/big", "/data/venv-env/bin/python"),
+    ({"plan_model_dir": "/nvme/m", "python_env_backend": "conda"}, "/nvme/m", "/srv/ktdeploy/conda-env/bin/python"),
+])
+def test_preflight_measures_the_model_dir_the_roles_compute(tmp_path, hostvars, model_dir, python):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": hostvars}}}))
+    request = provision_cmd.build_request((), str(inv), (), (), (), (), False)
+    options = provision_cmd.plan_options(request, request.targets[0])
+    assert (options.model_dir, options.python_env) == (model_dir, python)

@@ -1,6 +1,5 @@
 """`ktdeploy render` and every unit it renders, checked by systemd's own verifier offline."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -151,22 +150,3 @@ def test_render_command_writes_files_and_masks(tmp_path):
     assert env_file.is_file() and "k-1" not in env_file.read_text()
     bad = CliRunner().invoke(main, ["render", "demo", "-e", "oops"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
-
-
-@pytest.fixture(autouse=True)
-def _base_defaults(monkeypatch):
-    """Until the base and python_env roles are merged, give their variables here."""
-    import ktdeploy.render as render
-
-    real = render.role_layers
-
-    def layers():
-        merged = {
-            "base_service_user": "ktdeploy", "base_service_group": "ktdeploy", "base_data_dir": "/srv/ktdeploy",
-            "base_model_dir": "/srv/ktdeploy/models", "python_env_path": "/srv/ktdeploy/venv-env",
-        }
-        merged.update(real())
-        return merged
-
-    monkeypatch.setattr(render, "role_layers", layers)
-    os.environ.setdefault("ANSIBLE_NOCOLOR", "1")
