@@ -1,6 +1,9 @@
 """Local preview of the files the serve role writes: the same templates, rendered with Jinja2.
 
-Variables are the role variables a play would see for the host (`ktdeploy.rolevars`).
+The variables are the role variables a play would see for the host (`ktdeploy.rolevars`), with
+`ktdeploy_plan` the plan provision would make: from the host's facts when it answers (the CLI
+gathers them), else `preview_plan`, the plan's facts-free part with placeholders where the plan
+needs the hardware. The serve role's setting checks (`serving.settings_problems`) run first.
 """
 
 from __future__ import annotations
@@ -9,17 +12,41 @@ from collections.abc import Mapping
 
 import jinja2
 
+from ktdeploy import plan as planning
 from ktdeploy import resources, rolevars, serving
+from ktdeploy.errors import BadInput
+
+PLACEHOLDER = "FROM-THE-HOSTS-FACTS"  # plain characters: quoted the same way by systemd and shlex
 
 
-def host_vars(hostname: str, overrides: dict) -> rolevars.LazyVars:
-    # No host facts here: the serve defaults fall back to their values without a plan.
-    return rolevars.host_vars(hostname, overrides, {"serve": {}, "build": {}})
+def preview_plan(settings: dict, host: str | None = None) -> dict:
+    """The plan for a host that did not answer: `planning.offline_plan` from the plan role's settings
+    (`rolevars.plan_settings`), with PLACEHOLDER for what only the host's facts decide."""
+    p = planning.offline_plan(settings.get("variant"), engine=settings.get("engine") or planning.ENGINES[0],
+                              kt_version=settings.get("kt_version"), port=settings.get("port"), host=host,
+                              model_dir=settings.get("model_dir"))
+    for part, keys in planning.FROM_FACTS.items():
+        for key in keys:
+            p[part][key] = PLACEHOLDER
+    p["serve"]["supervisor"] = "systemd"  # the preview's default; --manager picks the other
+    return p
 
 
-def rendered_files(hostname: str, overrides: dict) -> dict[str, str]:
-    """Destination path on the host → content, for every unit, program and environment file."""
-    v = host_vars(hostname, overrides)
+def host_vars(hostname: str, overrides: dict, plan: dict | None = None) -> rolevars.LazyVars:
+    if plan is None:
+        plan = preview_plan(rolevars.plan_settings(hostname, overrides), hostname)
+    return rolevars.host_vars(hostname, overrides, plan)
+
+
+def rendered_files(hostname: str, overrides: dict, plan: dict | None = None) -> dict[str, str]:
+    """Destination path on the host → content, for every unit, program and environment file.
+
+    plan: the host's plan (`Plan.to_dict()`); None previews with `preview_plan`. Raises BadInput with
+    the serve role's own messages when its preflight would refuse these settings."""
+    v = host_vars(hostname, overrides, plan)
+    problems = serving.settings_problems(v["serve_settings"])
+    if problems:
+        raise BadInput(" ".join(problems), hint="the serve role refuses these settings too; fix them before provisioning")
     env = rolevars.environment()
     env.loader = jinja2.FileSystemLoader(str(resources.templates_dir()))
 
@@ -28,43 +55,16 @@ def rendered_files(hostname: str, overrides: dict) -> dict[str, str]:
         return "".join(tmpl.root_render_func(tmpl.new_context(_Overlay(extra, v), shared=True)))
 
     manager = v["serve_service_manager"]
-    manager = "systemd" if manager == "auto" else manager
-    services = [_api_item(v)]
-    if rolevars.truthy(v["serve_webui_enabled"]):
-        services.append(_webui_item(v))
+    manager = v["ktdeploy_plan"]["serve"]["supervisor"] if manager == "auto" else manager
+    items = [v["serve_api_item"]] + ([v["serve_webui_item"]] if rolevars.truthy(v["serve_webui_enabled"]) else [])
     files: dict[str, str] = {}
-    for item in services:
-        env_text = render("service.env.j2", item=item)
-        files[f"{v['serve_config_dir']}/{item['name']}.env"] = _mask_secrets(env_text, v)
+    for item in items:
+        files[item["env_file"]] = _mask_secrets(render("service.env.j2", item=item), v)
         if manager == "supervisord":
-            files[f"/etc/supervisor/conf.d/{item['name']}.conf"] = render("supervisor-program.conf.j2", item=item)
+            files[item["program_file"]] = render("supervisor-program.conf.j2", item=item)
         else:
-            files[f"/etc/systemd/system/{item['name']}.service"] = render(item["unit_template"])
+            files[item["unit_file"]] = render(item["unit_template"])
     return files
-
-
-def _api_item(v: rolevars.LazyVars) -> dict:
-    return {
-        "name": v["serve_api_service"],
-        "unit_template": "ktransformers.service.j2" if v["serve_engine"] == "ktransformers" else "llama-server.service.j2",
-        "argv": v["serve_api_argv"],
-        "env": v["serve_api_env_all"],
-        "env_files": v["serve_api_env_files"],
-        "home": v["serve_api_home"],
-        "stop_timeout": 120,
-    }
-
-
-def _webui_item(v: rolevars.LazyVars) -> dict:
-    return {
-        "name": v["serve_webui_service"],
-        "unit_template": "open-webui.service.j2",
-        "argv": v["serve_webui_argv"],
-        "env": v["serve_webui_env_all"],
-        "env_files": v["serve_webui_env_files"],
-        "home": v["serve_webui_data_dir"],
-        "stop_timeout": 30,
-    }
 
 
 def _mask_secrets(text: str, v: rolevars.LazyVars) -> str:

@@ -123,7 +123,7 @@ def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host
 
 def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
     request = provision_cmd.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
-    assert request.extravars["serve_engine"] == "llamacpp"
+    assert request.extravars["plan_engine"] == "llama.cpp"
     assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
     assert request.extravars["serve_api_port"] == "9000"
 
