@@ -23,7 +23,7 @@ import jinja2
 import yaml
 from jinja2.nativetypes import NativeEnvironment, native_concat
 
-from ktdeploy import resources
+from ktdeploy import layout, resources
 from ktdeploy.errors import BadInput
 
 # Later layers win, as in a play that applies these roles in site.yml's order.
@@ -169,7 +169,7 @@ def plan_settings(hostname: str, overrides: Mapping) -> dict:
     port = v["plan_port"]
     return {
         "variant": v["plan_model_variant"] or None,
-        "engine": v["plan_engine"],
+        "engine": v["plan_engine"] or layout.KTRANSFORMERS,
         "kt_version": v["plan_kt_version"] or None,
         "port": int(port) if port not in (None, "") else None,
         "model_dir": str(v["plan_model_dir"]),

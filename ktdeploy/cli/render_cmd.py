@@ -39,7 +39,7 @@ def render(host, inventory, profile, extra, manager, offline, force, output_dir)
     overrides.update(_extravars(extra))
     if manager:
         overrides["serve_service_manager"] = manager
-    plan = None if offline else _host_plan(target, overrides, force)
+    plan = _offline(target, "--offline") if offline else _host_plan(target, overrides, force)
     files = rendered_files(target.name, overrides, plan=plan)
     for path, text in files.items():
         if output_dir:
@@ -57,7 +57,6 @@ def _host_plan(target, overrides: dict, force: bool) -> dict | None:
     from ktdeploy import rolevars
     from ktdeploy.cli.plan_cmd import PlanOptions, preflight_or_raise
     from ktdeploy.errors import KtdeployError, PlanProblem
-    from ktdeploy.render import PLACEHOLDER
 
     settings = rolevars.plan_settings(target.name, overrides)
     forced = settings.pop("force") or force
@@ -66,16 +65,23 @@ def _host_plan(target, overrides: dict, force: bool) -> dict | None:
     except PlanProblem:
         raise
     except KtdeployError as exc:
-        click.echo(f"render: no plan from {target.name}'s facts ({exc.message.splitlines()[0]}); previewing "
-                   f"without them: what the plan takes from the hardware shows {PLACEHOLDER} and the service "
-                   "manager is systemd (--manager picks the other)", err=True)
-        return None
+        return _offline(target, exc.message.splitlines()[0])
     plan = plans[target.name]
     for finding in plan.problems:
         click.echo(f"{target.name}: problem (forced past): {finding.message}", err=True)
     for finding in plan.warnings:
         click.echo(f"{target.name}: warning: {finding.message}", err=True)
     return plan.to_dict()
+
+
+def _offline(target, why: str) -> None:
+    """Say that the preview is made without the host's facts (rendered_files then uses preview_plan)."""
+    from ktdeploy.render import PLACEHOLDER
+
+    click.echo(f"render: no plan from {target.name}'s facts ({why}); previewing without them: what the plan "
+               f"takes from the hardware shows {PLACEHOLDER} and the service manager is systemd "
+               "(--manager picks the other)", err=True)
+    return None
 
 
 COMMANDS = [render]

@@ -143,12 +143,12 @@ def test_unknown_profile_and_engine_are_clear_errors():
 
 def test_render_command_writes_files_and_masks(tmp_path):
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["render", "demo", "--profile", "cpu-demo", "-e", "serve_api_key=k-1",
+    r = CliRunner().invoke(main, ["render", "demo", "--offline", "--profile", "cpu-demo", "-e", "serve_api_key=k-1",
                                   "-e", "serve_api_host=0.0.0.0", "-o", str(out)])
     assert r.exit_code == 0, r.output
     env_file = out / "etc/ktdeploy/ktdeploy-api.env"
     assert env_file.is_file() and "k-1" not in env_file.read_text()
-    bad = CliRunner().invoke(main, ["render", "demo", "-e", "oops"])
+    bad = CliRunner().invoke(main, ["render", "demo", "--offline", "-e", "oops"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
@@ -220,3 +220,4 @@ def test_render_says_when_the_host_does_not_answer_and_previews_without_its_fact
     assert "--cpu_infer FROM-THE-HOSTS-FACTS " in r.stdout and "DeepSeek-R1-UD-IQ2_XXS " in r.stdout
     offline = render_cli("gpu9", "--offline")
     assert offline.exit_code == 0 and "--cpu_infer FROM-THE-HOSTS-FACTS " in offline.stdout
+    assert "no plan from gpu9's facts (--offline)" in offline.stderr
