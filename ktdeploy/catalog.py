@@ -97,6 +97,10 @@ class Variant:
             return str(PurePosixPath(model_dir) / self.dir / GENERATED_GGUF_DIR)
         return str(PurePosixPath(model_dir) / self.repo.local_dir / self.dir)
 
+    def gguf_file(self, model_dir: str) -> str:
+        """The file llama.cpp is given: the first shard (it finds the others) or the generated model's."""
+        return str(PurePosixPath(self.gguf_dir(model_dir)) / PurePosixPath(self.files[0]).name)
+
     def config_dir(self, model_dir: str) -> str:
         """The directory with config.json and the tokenizer (KTransformers' --model_path)."""
         if self.generated:

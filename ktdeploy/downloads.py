@@ -99,19 +99,12 @@ def target_item_names(target, variant_name: str | None) -> list[str]:
     return item_names(variant_name or target.hostvars.get("plan_model_variant") or None)
 
 
-def _host_setting(target, name: str, owner: str) -> str:
-    from ktdeploy.variables import role_defaults  # not at the top: the filter plugins import this module
-
-    value = target.hostvars.get(name, role_defaults(owner).get(name))
-    if isinstance(value, str) and "{{" in value:  # e.g. "{{ base_state_dir }}/downloads"
-        value = value.replace("{{ base_state_dir }}", _host_setting(target, "base_state_dir", "base"))
-    return str(value)
-
-
 def status_command(target, names: list[str]) -> str:
     """The host-side command that prints the downloads' status as JSON (docs/architecture.md)."""
-    lib = _host_setting(target, "model_download_lib_dir", "model_download")
-    jobs = _host_setting(target, "model_download_jobs_dir", "model_download")
+    from ktdeploy import rolevars  # not at the top: the filter plugins import this module
+
+    v = rolevars.host_vars(target.name, target.hostvars)  # as the role resolves its defaults for this host
+    lib, jobs = str(v["model_download_lib_dir"]), str(v["model_download_jobs_dir"])
     return shlex.join(["python3", f"{lib}/download_state.py", "--json", jobs, *names])
 
 

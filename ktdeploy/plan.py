@@ -12,14 +12,14 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from ktdeploy import attention_route, catalog
+from ktdeploy import attention_route, catalog, layout
 from ktdeploy.errors import BadInput
 from ktdeploy.facts import Facts, Gpu
 
 GIB = 2**30
-ENGINES = ("ktransformers", "llama.cpp")
-DEFAULT_PORT = 10002  # the tutorial's port
-DEFAULT_MODEL_DIR = "/srv/ktdeploy/models"  # base_model_dir's default (docs/architecture.md)
+ENGINES = layout.ENGINES
+DEFAULT_PORT = layout.API_PORT  # the tutorial's port
+DEFAULT_MODEL_DIR = layout.DEFAULT_MODEL_DIR  # base_model_dir's default (docs/architecture.md)
 MIN_GPU_MIB = 14 * 1024  # VRAM the KTransformers engine needs for R1 (attention, shared experts, KV cache)
 NUMA_COPY_MARGIN = 1.05  # a NUMA build keeps one copy of the weights per node, plus 5 %
 DISK_MARGIN = 1.05
@@ -67,6 +67,7 @@ class Plan:
     present_bytes: int
     to_download_bytes: int
     disk_needed_bytes: int
+    model_dir: str = DEFAULT_MODEL_DIR
     host: str | None = None
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Plan:
     @property
     def fits(self) -> bool:
         return not self.problems
+
 
     def to_dict(self) -> dict:
         f = self.facts
@@ -123,7 +125,7 @@ class Plan:
                 "torch_cuda_arch_list": self.torch_cuda_arch_list,
                 "max_jobs": self.max_jobs,
                 "kt_version": self.kt_version,
-                "flash_attn": attention_route.choose("auto", self.facts.python_env).to_dict() if self.engine == "ktransformers" else None,
+                "flash_attn": attention_route.choose("auto", self.facts.python_env).to_dict() if self.engine == layout.KTRANSFORMERS else None,
             },
             "serve": {
                 "engine": self.engine,
@@ -137,6 +139,7 @@ class Plan:
             "model": {
                 "variant": self.variant.name,
                 "source": self.variant.source,
+                **model_paths(self.variant, self.model_dir),
                 "bytes": self.variant.bytes,
                 "files": list(self.variant.files),
                 "min_ram_gib": self.variant.min_ram_gib,
@@ -147,6 +150,16 @@ class Plan:
             "problems": [p.to_dict() for p in self.problems],
             "warnings": [w.to_dict() for w in self.warnings],
         }
+
+
+def model_paths(v: catalog.Variant, model_dir: str) -> dict:
+    """Where the model lives on the host: `dir` (the model directory the plan measured), `gguf_dir`
+    (KTransformers' --gguf_path), `config_dir` (its --model_path), `gguf_file` (what llama.cpp loads).
+    A packaged model has none of the last three: its package writes serve_llamacpp_model."""
+    if v.packaged:
+        return {"dir": model_dir, "gguf_dir": None, "config_dir": None, "gguf_file": None}
+    return {"dir": model_dir, "gguf_dir": v.gguf_dir(model_dir), "config_dir": v.config_dir(model_dir),
+            "gguf_file": v.gguf_file(model_dir)}
 
 
 def _gib(n: int) -> float:
@@ -245,15 +258,16 @@ def make_plan(
     facts: Facts,
     variant: str | None = None,
     *,
-    engine: str = "ktransformers",
+    engine: str = layout.KTRANSFORMERS,
     kt_version: str | None = None,
     port: int | None = None,
     host: str | None = None,
+    model_dir: str | None = None,
 ) -> Plan:
     if engine not in ENGINES:
         raise BadInput(f"unknown engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
     var = catalog.variant(variant)
-    kt = engine == "ktransformers"
+    kt = engine == layout.KTRANSFORMERS
     version = (kt_version or catalog.default_kt_version()) if kt else None
     cpu = facts.cpu
     cpus = effective_cpus(facts)
@@ -288,6 +302,7 @@ def make_plan(
         present_bytes=present,
         to_download_bytes=to_download,
         disk_needed_bytes=round(to_download * DISK_MARGIN),
+        model_dir=str(model_dir or DEFAULT_MODEL_DIR),
         host=host,
         problems=problems,
         warnings=warnings,
@@ -297,6 +312,44 @@ def make_plan(
         _check_ktransformers(plan, parse_kt_version(version), problems, warnings)
     _check_quotas(plan, warnings)
     return plan
+
+
+# What a plan decides from the host's facts; `offline_plan` leaves these None.
+FROM_FACTS = {
+    "build": ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "flash_attn"),
+    "serve": ("cpu_infer", "optimize_rule", "n_gpu_layers", "supervisor"),
+}
+
+
+def offline_plan(
+    variant: str | None = None,
+    *,
+    engine: str = layout.KTRANSFORMERS,
+    kt_version: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    model_dir: str | None = None,
+) -> dict:
+    """The part of the plan that needs no facts (engine, version, port, model and its paths), in
+    `Plan.to_dict`'s shape, with every decision of FROM_FACTS None and `facts` false. For previews of a
+    host that does not answer (`ktdeploy render`); nothing is checked against hardware."""
+    if engine not in ENGINES:
+        raise BadInput(f"unknown engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
+    var = catalog.variant(variant)
+    kt = engine == layout.KTRANSFORMERS
+    paths = model_paths(var, str(model_dir or DEFAULT_MODEL_DIR))
+    return {
+        "host": host,
+        "facts": False,
+        "build": {"kt_version": (kt_version or catalog.default_kt_version()) if kt else None,
+                  **dict.fromkeys(FROM_FACTS["build"])},
+        "serve": {"engine": engine, "port": port or DEFAULT_PORT, "optimize_rule_shipped": False,
+                  **dict.fromkeys(FROM_FACTS["serve"])},
+        "model": {"variant": var.name, "source": var.source, **paths, "bytes": var.bytes,
+                  "files": list(var.files), "min_ram_gib": var.min_ram_gib},
+        "problems": [],
+        "warnings": [],
+    }
 
 
 def _numa(nodes: int, var: catalog.Variant, memory: int, warnings: list[Finding]) -> bool:
@@ -379,7 +432,7 @@ def _check_hardware(plan: Plan, problems: list[Finding], warnings: list[Finding]
                 "directory at a bigger disk",
             )
         )
-    if f.cpu.amx and plan.engine == "ktransformers":
+    if f.cpu.amx and plan.engine == layout.KTRANSFORMERS:
         warnings.append(
             Finding(
                 "amx_unused",
@@ -387,7 +440,7 @@ def _check_hardware(plan: Plan, problems: list[Finding], warnings: list[Finding]
                 "the plan keeps the llamafile CPU experts",
             )
         )
-    if plan.engine == "llama.cpp" and not f.gpus:
+    if plan.engine == layout.LLAMA_CPP and not f.gpus:
         warnings.append(Finding("cpu_only", "no NVIDIA GPU: llama.cpp will run on the CPU alone (slow)"))
 
 
@@ -414,7 +467,7 @@ def _check_ktransformers(plan: Plan, version: Version, problems: list[Finding], 
                 "nvidia-smi did not report the GPUs' compute capability: upgrade the NVIDIA driver (510 or newer)",
             )
         )
-    if "ktransformers" not in var.engines:
+    if layout.KTRANSFORMERS not in var.engines:
         problems.append(
             Finding(
                 "unsupported_variant",
@@ -472,7 +525,7 @@ def _check_quotas(plan: Plan, warnings: list[Finding]) -> None:
                 f"{_gib(f.mem_total_bytes)} GiB: planning with the limit (page cache counts against it too)",
             )
         )
-    if cpu.hypervisor and cpu.threads_per_core == 1 and f.cpu_quota is None and plan.engine == "ktransformers":
+    if cpu.hypervisor and cpu.threads_per_core == 1 and f.cpu_quota is None and plan.engine == layout.KTRANSFORMERS:
         warnings.append(
             Finding(
                 "vm_cpus",

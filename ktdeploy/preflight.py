@@ -26,7 +26,8 @@ class PlanOptions:
     python_env: str = ""  # interpreter of the env KTransformers will use, if known
 
     def plan(self, f: facts.Facts, host: str | None = None) -> Plan:
-        return make_plan(f, self.variant, engine=self.engine, kt_version=self.kt_version, port=self.port, host=host)
+        return make_plan(f, self.variant, engine=self.engine, kt_version=self.kt_version, port=self.port, host=host,
+                         model_dir=self.model_dir)
 
 
 def gather_raw(

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ktdeploy import connect, profiles, variables
+from ktdeploy import connect, profiles, rolevars, variables
 from ktdeploy.errors import BadInput, Unreachable
-from ktdeploy.plan import DEFAULT_MODEL_DIR
 from ktdeploy.preflight import PlanOptions, preflight_or_raise
 from ktdeploy.resources import playbooks_dir
-from ktdeploy.targets import Target, inventory_from_targets, parse_targets, port_number, targets_from_inventory
+from ktdeploy.targets import Target, inventory_from_targets, parse_targets, targets_from_inventory
 
 Say = Callable[[str], None]
 
@@ -150,26 +149,17 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
     )
 
 
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
-
-
 def settings(request: ProvisionRequest, target: Target) -> dict:
     """The variables the play will see for this host: its inventory vars, then profile and -e."""
     return {**target.hostvars, **request.extravars}
 
 
 def plan_options(request: ProvisionRequest, target: Target) -> PlanOptions:
-    """The plan role's variables (roles/plan/defaults/main.yml) as preflight options."""
-    s = settings(request, target)
-    return PlanOptions(
-        variant=s.get("plan_model_variant") or None,
-        engine=s.get("plan_engine") or "ktransformers",
-        kt_version=s.get("plan_kt_version") or None,
-        port=port_number(s["plan_port"]) if s.get("plan_port") else None,  # checked (a template: the default)
-        model_dir=s.get("plan_model_dir") or s.get("base_model_dir") or DEFAULT_MODEL_DIR,
-        python_env=s.get("python_env_python") or (f"{s['python_env_path']}/bin/python" if s.get("python_env_path") else ""),
-    )
+    """The plan role's variables as preflight options, resolved from the role defaults as the role
+    resolves them (`ktdeploy.rolevars`): an inventory that sets only base_data_dir moves the model dir too."""
+    resolved = rolevars.plan_settings(target.name, settings(request, target))
+    resolved.pop("force")
+    return PlanOptions(**resolved)
 
 
 def preflight(request: ProvisionRequest, force: bool = False, say: Say = _stderr) -> None:
@@ -182,7 +172,7 @@ def preflight(request: ProvisionRequest, force: bool = False, say: Say = _stderr
     plans = preflight_or_raise(
         request.targets,
         lambda t: plan_options(request, t),
-        force=lambda t: force or _truthy(settings(request, t).get("plan_force", False)),
+        force=lambda t: force or rolevars.plan_settings(t.name, settings(request, t))["force"],
     )
     for name, plan in plans.items():
         for finding in plan.problems:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import re
 import shlex
 
+from ktdeploy import layout
 from ktdeploy.errors import BadInput
 
 # Service names, the same under systemd (`<name>.service`) and supervisord (`[program:<name>]`).
-API_SERVICE = "ktdeploy-api"
-WEBUI_SERVICE = "ktdeploy-webui"
+API_SERVICE = layout.API_SERVICE
+WEBUI_SERVICE = layout.WEBUI_SERVICE
 
-ENGINES = ("ktransformers", "llamacpp")
+ENGINES = layout.ENGINES
 LLAMACPP_FLAVOURS = ("python", "cpp")
+SERVICE_MANAGERS = ("auto", "systemd", "supervisord")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -156,30 +159,72 @@ def env_file_value(value: object) -> str:
 def api_argv(spec: dict) -> list[str]:
     """The full command line of the API service, from the role's `serve_api_spec`.
 
-    spec: engine, host, port, model_name, api_key (secret: only tested for emptiness), and the
-    engine's own block (`ktransformers` or `llamacpp`, see the role's vars/main.yml).
+    spec: engine, host, port, model_name, api_key (secret: only tested for emptiness), and each
+    engine's own block under its name (`ktransformers`, `llama.cpp`; see the role's vars/main.yml).
     """
     engine = spec.get("engine")
     keyed = bool(spec.get("api_key"))
-    if engine == "ktransformers":
-        kt = spec["ktransformers"]
+    if engine == layout.KTRANSFORMERS:
+        kt = spec[engine]
         prefix = ["/usr/bin/numactl", "--interleave=all"] if kt.get("numa_interleave") else []
         settings = dict(kt, host=spec["host"], port=spec["port"], model_name=spec["model_name"])
         settings["api_key_env"] = "KTDEPLOY_API_KEY" if keyed else ""
         return prefix + [kt["bin"]] + ktransformers_argv(str(kt["version"]), settings)
-    if engine == "llamacpp":
-        lc = spec["llamacpp"]
+    if engine == layout.LLAMA_CPP:
+        lc = spec[engine]
         flavour = lc.get("flavour")
         settings = dict(lc, host=spec["host"], port=spec["port"], alias=spec["model_name"])
         exe = [lc["python"]] if flavour == "python" else [lc["bin"]]
         return exe + llamacpp_argv(flavour, settings)
-    raise BadInput(f"unknown serve_engine {engine!r}", hint=f"use one of: {', '.join(ENGINES)}")
+    raise BadInput(f"unknown serve_engine {engine!r}", hint=engine_hint(engine))
+
+
+def engine_hint(engine) -> str:
+    squashed = str(engine).replace(".", "").replace("_", "").replace("-", "").lower()
+    if squashed == layout.LLAMA_CPP.replace(".", ""):
+        return f"the engine is spelled {layout.LLAMA_CPP!r} (in plan_engine and serve_engine alike)"
+    return f"use one of: {', '.join(ENGINES)}"
+
+
+def settings_problems(s: dict) -> list[str]:
+    """What the serve role refuses before it changes anything, and `ktdeploy render` before it
+    previews: one message per problem, naming the setting and the fix.
+
+    s: engine, service_manager, api_host, api_key_set (bool; never the key), api_port, webui_port,
+    webui_enabled, llamacpp_model (the GGUF the llama.cpp engine would serve).
+    """
+    problems = []
+    engine = s.get("engine")
+    if engine not in ENGINES:
+        problems.append(f"serve_engine {engine!r} is not an engine: {engine_hint(engine)}.")
+    if s.get("service_manager") not in SERVICE_MANAGERS:
+        problems.append(f"serve_service_manager {s.get('service_manager')!r} is not one of {', '.join(SERVICE_MANAGERS)}.")
+    ports = {}
+    for name in ("api_port", "webui_port"):
+        try:
+            ports[name] = int(str(s.get(name)))
+        except ValueError:
+            ports[name] = None
+        if ports[name] is None or not 0 < ports[name] < 65536:
+            problems.append(f"serve_{name} {s.get(name)!r} is not a port: give a number from 1 to 65535.")
+    if s.get("webui_enabled", True) and ports["api_port"] and ports["api_port"] == ports["webui_port"]:
+        problems.append(f"serve_api_port and serve_webui_port are both {ports['api_port']}: the API and Open WebUI "
+                        "need two different ports.")
+    if str(s.get("api_host")) not in LOOPBACK and not s.get("api_key_set"):
+        problems.append(f"serve_api_host {s.get('api_host')} opens the API to the network, and serve_api_key is empty. "
+                        "Set serve_api_key (kept in a root-owned 0640 file), or keep serve_api_host at 127.0.0.1 and share the "
+                        "model through Open WebUI (serve_webui_host: 0.0.0.0), which has its own login.")
+    if engine == layout.LLAMA_CPP and not s.get("llamacpp_model"):
+        problems.append("serve_llamacpp_model is empty: the plan's model comes from a PyPI package and has no "
+                        "GGUF path of its own; set serve_llamacpp_model to where the package writes it "
+                        "(the cpu-demo profile does).")
+    return problems
 
 
 def api_key_env_names(engine: str, flavour: str = "") -> list[str]:
     """Environment variables that carry the API key to the server and to the readiness probe."""
     names = ["KTDEPLOY_API_KEY"]
-    if engine == "llamacpp":
+    if engine == layout.LLAMA_CPP:
         names.append(llamacpp_api_key_env(flavour))
     return names
 

@@ -13,12 +13,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 
-from ktdeploy import exitcodes
+from ktdeploy import exitcodes, layout
 from ktdeploy.remote import HostResult, on_hosts, run_script
 from ktdeploy.targets import Target
 
 SCHEMA = "ktdeploy-status/1"
-STATE_DIR = "/var/lib/ktdeploy"
+STATE_DIR = layout.STATE_DIR
 
 # verdicts from best to worst; a host's verdict is its worst check, a run's exit code its worst host
 LEVELS = ("ok", "degraded", "failed", "unreachable")
@@ -76,19 +76,28 @@ class HostStatus:
 # --- running the probe ----------------------------------------------------------------------------
 
 
+# probe setting <- the role variable it follows (resolved for the host as the role resolves it)
+_PROBE_VARS = (("state_dir", "base_state_dir"), ("download_lib_dir", "model_download_lib_dir"),
+               ("downloads_dir", "model_download_jobs_dir"), ("config_dir", "serve_config_dir"),
+               ("log_dir", "serve_log_dir"))
+
+
 def probe_config(target: Target, *, deep: bool = False, model: str | None = None) -> dict:
-    hv = target.hostvars
-    cfg: dict = {"state_dir": hv.get("base_state_dir", STATE_DIR), "deep": deep}
-    for key, var in (("download_lib_dir", "model_download_lib_dir"), ("downloads_dir", "model_download_jobs_dir")):
-        if hv.get(var):
-            cfg[key] = hv[var]
+    from ktdeploy import rolevars
+
+    v = rolevars.host_vars(target.name, target.hostvars)
+    cfg: dict = {key: str(v[var]) for key, var in _PROBE_VARS}
+    cfg["deep"] = deep
     if model:
         cfg["model"] = model
     return cfg
 
 
 def probe_script(cfg: dict) -> str:
-    """A shell script that runs the probe with python3 (through sudo -n when we are not root and may)."""
+    """A shell script that runs the probe with python3 (through sudo -n when we are not root and may).
+
+    cfg is laid over ktdeploy.layout's defaults: the probe runs on the host without ktdeploy."""
+    cfg = {**layout.probe_defaults(), **cfg}
     probe = files("ktdeploy.hostside").joinpath("status_probe.py").read_text()
     assert _HEREDOC_END not in probe
     return "\n".join(

@@ -13,7 +13,7 @@ import click
 
 from ktdeploy import catalog, facts, gguf_check, remote
 from ktdeploy.errors import BadInput, KtdeployError, Unreachable
-from ktdeploy.plan import DEFAULT_MODEL_DIR, ENGINES, GIB, Plan
+from ktdeploy.plan import DEFAULT_MODEL_DIR, DEFAULT_PORT, ENGINES, GIB, Plan
 from ktdeploy.preflight import PlanOptions, add_gguf_findings, exit_code, gather_raw, plan_host
 from ktdeploy.targets import Target, parse_targets, targets_from_inventory
 
@@ -57,7 +57,7 @@ def facts_cmd(host: str, inventory: str | None, save_dir: str, model_dir: str) -
 @click.option("--engine", type=click.Choice(ENGINES), default="ktransformers", show_default=True)
 @click.option("--kt-version", help=f"KTransformers tag [default: {catalog.default_kt_version()}]")
 @click.option("--model-dir", default=DEFAULT_MODEL_DIR, show_default=True, help="where the models live on the host")
-@click.option("--port", type=click.IntRange(1, 65535), help="API port the plan records [default: 10002]")
+@click.option("--port", type=click.IntRange(1, 65535), help=f"API port the plan records [default: {DEFAULT_PORT}]")
 @click.option("--gguf-dir", type=click.Path(file_okay=False), help="with --facts --deep: local directory of the shards")
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON (docs/plan.md)")
 @click.option("--force", is_flag=True, help="exit 0 even when the plan has problems")

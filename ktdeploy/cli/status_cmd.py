@@ -9,6 +9,7 @@ import time
 
 import click
 
+from ktdeploy import layout
 from ktdeploy import status as st
 from ktdeploy.errors import BadInput, KtdeployError
 from ktdeploy.targets import Target, parse_targets, targets_from_inventory
@@ -141,7 +142,7 @@ def logs_command(manager: str, services: list[dict], lines: int, follow: bool) -
         units = " ".join(f"-u {shlex.quote(s['unit'])}" for s in services)
         return f"journalctl --no-pager -o short-iso {units} -n {lines}" + (" -f" if follow else "")
     if manager == "supervisord":
-        files = " ".join(shlex.quote(s.get("log") or f"/var/log/ktdeploy/{s['unit']}.log") for s in services)
+        files = " ".join(shlex.quote(s.get("log") or layout.service_log(layout.LOG_DIR, s["unit"])) for s in services)
         return f"tail -n {lines}" + (" -F " if follow else " ") + files
     raise KtdeployError("this host has neither systemd nor supervisord; no service logs to show")
 

@@ -1,6 +1,7 @@
 """ktdeploy status probe: runs ON the target host, stdlib only, prints one JSON document.
 
-Shipped by `ktdeploy status` as `python3 - CONFIG_JSON` in a single SSH round trip. It only reads:
+Shipped by `ktdeploy status` as `python3 - CONFIG_JSON` in a single SSH round trip; the config carries
+the host layout (ktdeploy.layout's probe_defaults, laid under the host's settings). It only reads:
 stage records, the recorded plan, download state, the service manager's view of the services, and
 HTTP endpoints on 127.0.0.1 (bounded timeouts). It never changes anything on the host.
 Keep it compatible with Python 3.8 (hosts bring their own python3).
@@ -20,13 +21,6 @@ import sys
 import time
 
 PROBE_VERSION = 1
-DEFAULT_SERVICES = {
-    "api": {"unit": "ktdeploy-api", "port": 10002, "health": "/v1/models"},
-    "webui": {"unit": "ktdeploy-webui", "port": 8080, "health": "/health"},
-}
-DOWNLOAD_LIB_DIR = "/usr/local/lib/ktdeploy"
-SUPERVISOR_CONF = "/etc/supervisor/supervisord.conf"
-SUPERVISOR_LOG = "/var/log/supervisor/supervisord.log"
 MAX_RECORD_BYTES = 65536
 SYSTEMD_PROPS = ("Id,LoadState,ActiveState,SubState,Result,NRestarts,MainPID,ExecMainStatus,UnitFileState,"
                  "ActiveEnterTimestampMonotonic,StartLimitBurst,StartLimitIntervalUSec")
@@ -35,16 +29,18 @@ START_LIMIT_LINE = "Start request repeated too quickly"
 
 def main(argv):
     cfg = json.loads(argv[1]) if len(argv) > 1 else {}
-    state_dir = cfg.get("state_dir", "/var/lib/ktdeploy")
+    state_dir = cfg["state_dir"]
     out = {"probe_version": PROBE_VERSION, "host": host_info(), "errors": []}
     out["stages"] = read_stages(state_dir, out["errors"])
     out["plan"] = read_plan(state_dir, out["stages"], out["errors"])
     out["download"] = download_state(cfg, state_dir, out["errors"])
     declared = declared_services(out["stages"])
-    specs = cfg.get("services") or declared or DEFAULT_SERVICES
+    specs = cfg.get("services") or declared or cfg["default_services"]
     out["services_declared"] = bool(cfg.get("services") or declared)
     manager = detect_manager(cfg.get("manager", "auto"))
     out["manager"] = manager
+    for spec in specs.values():
+        spec.setdefault("env_file", os.path.join(cfg["config_dir"], spec.get("unit", "") + ".env"))
     out["services"] = service_states(manager, specs, cfg, out["errors"])
     timeout = float(cfg.get("http_timeout", 3))
     api = specs.get("api")
@@ -128,7 +124,7 @@ def declared_services(stages):
 
 def download_state(cfg, state_dir, errors):
     """Progress of every download, from the download state module the download role installed."""
-    lib = cfg.get("download_lib_dir") or DOWNLOAD_LIB_DIR
+    lib = cfg["download_lib_dir"]
     jobs = cfg.get("downloads_dir") or os.path.join(state_dir, "downloads")
     path = os.path.join(lib, "download_state.py")
     if not os.path.isfile(path):
@@ -289,13 +285,13 @@ SUPERVISOR_STATES = {
 
 
 def supervisord_states(units, cfg, errors):
-    conf = cfg.get("supervisor_conf") or SUPERVISOR_CONF
+    conf = cfg["supervisor_conf"]
     argv = ["supervisorctl"] + (["-c", conf] if os.path.exists(conf) else []) + ["status"] + list(units)
     rc, stdout, stderr = run(argv)
     states = parse_supervisorctl_status(stdout)
     if not states and rc not in (0, 3):
         errors.append("supervisorctl status failed: %s" % (stdout.strip() or stderr.strip()))
-    restarts = supervisor_restarts(supervisor_logfile(conf), units, errors)
+    restarts = supervisor_restarts(supervisor_logfile(conf, cfg["supervisor_log"]), units, errors)
     out = {}
     for unit in units:
         if unit in states:
@@ -324,13 +320,13 @@ def parse_supervisorctl_status(text):
     return states
 
 
-def supervisor_logfile(conf):
+def supervisor_logfile(conf, default):
     parser = configparser.RawConfigParser(strict=False)
     try:
         parser.read(conf)
-        return parser.get("supervisord", "logfile", fallback=SUPERVISOR_LOG).split(";")[0].strip()
+        return parser.get("supervisord", "logfile", fallback=default).split(";")[0].strip()
     except (configparser.Error, OSError):
-        return SUPERVISOR_LOG
+        return default
 
 
 def supervisor_restarts(logfile, units, errors):
@@ -373,7 +369,7 @@ def address(spec):
 
 def api_key(spec):
     """The API key from the service's 0600 environment file (read as root; it never leaves the host)."""
-    path = spec.get("env_file") or "/etc/ktdeploy/%s.env" % spec.get("unit")
+    path = spec.get("env_file")
     try:
         with open(path) as f:
             for line in f:

@@ -85,7 +85,7 @@ def test_a_chat_completion_returns_tokens(tiny):
 def test_the_plan_and_serve_records_name_the_tiny_model(tiny):
     host, _, _ = tiny
     serve = json.loads(host.run("cat /var/lib/ktdeploy/stages/serve.json", check=True).stdout)
-    assert serve["settings"]["engine"] == "llamacpp" and serve["settings"]["services"]["api"]["model"] == MODEL
+    assert serve["settings"]["engine"] == "llama.cpp" and serve["settings"]["services"]["api"]["model"] == MODEL
     assert "webui" not in serve["settings"]["services"]
     unit = host.run("cat /etc/systemd/system/ktdeploy-api.service", check=True).stdout
     assert f"{HOST_DIR}/gguf/{MODEL}.gguf" in unit and "--chat_format" not in unit  # the GGUF's own template

@@ -482,3 +482,37 @@ def test_generated_models_are_in_the_catalog_and_download_nothing():
     assert catalog.variant("tiny-dsv3-iq1s").min_kt_version == "v0.2.3"
     assert catalog.variant("tiny-dsv3-k").min_kt_version == "v0.2.1.post1"
     assert catalog.variant("gemma3-270m").source == "package" and catalog.variant("UD-IQ1_S").source == "gguf_repo"
+
+
+# -- where the model lives: the plan carries the paths every role and `render` read ----------------------
+
+
+@pytest.mark.parametrize(("variant", "gguf_dir", "gguf_file"), [
+    ("UD-IQ1_S", "/data/m/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ1_S",
+     "/data/m/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S-00001-of-00003.gguf"),
+    ("UD-IQ2_XXS", "/data/m/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ2_XXS",
+     "/data/m/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ2_XXS/DeepSeek-R1-UD-IQ2_XXS-00001-of-00004.gguf"),
+])
+def test_plan_carries_the_served_paths_of_its_variant(variant, gguf_dir, gguf_file):
+    m = plan_of("autodl-8352v-vgpu32", variant, model_dir="/data/m").to_dict()["model"]
+    assert (m["dir"], m["gguf_dir"], m["config_dir"], m["gguf_file"]) == (
+        "/data/m", gguf_dir, "/data/m/DeepSeek-R1", gguf_file)
+    # the download writes exactly there: the shards' repo paths under the item's dest
+    shards, config = downloads.download_items(variant, "modelscope", m["dir"])
+    assert f"{shards['dest']}/{m['files'][0]}" == gguf_file and config["dest"] == m["config_dir"]
+
+
+def test_plan_carries_the_generated_model_layout_and_none_for_a_packaged_one():
+    m = plan_of("ci-kvm-2cpu-nogpu", "tiny-dsv3-k", engine="llama.cpp", model_dir="/m").to_dict()["model"]
+    assert (m["gguf_dir"], m["config_dir"], m["gguf_file"]) == (
+        "/m/tiny-dsv3-k/gguf", "/m/tiny-dsv3-k/config", "/m/tiny-dsv3-k/gguf/tiny-dsv3-k.gguf")
+    m = plan_of("ci-kvm-2cpu-nogpu", "gemma3-270m", engine="llama.cpp", model_dir="/m").to_dict()["model"]
+    assert (m["dir"], m["gguf_dir"], m["config_dir"], m["gguf_file"]) == ("/m", None, None, None)
+
+
+def test_plan_model_dir_defaults_to_what_the_base_role_computes():
+    from ktdeploy import rolevars
+
+    want = rolevars.host_vars("gpu1", {})["base_model_dir"]
+    assert plan_of("autodl-8352v-vgpu32").to_dict()["model"]["dir"] == want == "/srv/ktdeploy/models"
+    assert rolevars.host_vars("gpu1", {"base_data_dir": "/data"})["plan_model_dir"] == "/data/models"

@@ -130,7 +130,7 @@ def test_reachable_host_is_provisioned_with_recap(tmp_path, runs_dir, local_host
 
 def test_profile_settings_reach_the_playbook_and_e_wins(site_tags):
     request = provisioning.build_request(("a",), None, (), (), (), ("serve_api_port=9000",), False, "cpu-demo")
-    assert request.extravars["serve_engine"] == "llamacpp"
+    assert request.extravars["plan_engine"] == "llama.cpp"
     assert request.extravars["serve_llamacpp_chat_format"] == "gemma"
     assert request.extravars["serve_api_port"] == "9000"
 
@@ -204,3 +204,17 @@ def test_unknown_variable_warns_naming_the_closest_known_one_and_goes_on(site_ta
     assert "warning: -e serve_api_prot is not a variable of any role; did you mean serve_api_port?" in result.output
     assert "warning: -e zzqq is not a variable of any role" in result.output
     assert "ansible_user" not in result.output and "plan_force" not in result.output
+
+
+@pytest.mark.parametrize(("hostvars", "model_dir", "python"), [
+    ({}, "/srv/ktdeploy/models", "/srv/ktdeploy/venv-env/bin/python"),
+    ({"base_data_dir": "/data"}, "/data/models", "/data/venv-env/bin/python"),
+    ({"base_data_dir": "/data", "base_model_dir": "{{ base_data_dir }}/big"}, "/data/big", "/data/venv-env/bin/python"),
+    ({"plan_model_dir": "/nvme/m", "python_env_backend": "conda"}, "/nvme/m", "/srv/ktdeploy/conda-env/bin/python"),
+])
+def test_preflight_measures_the_model_dir_the_roles_compute(tmp_path, hostvars, model_dir, python):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"gpu1": hostvars}}}))
+    request = provisioning.build_request((), str(inv), (), (), (), (), False)
+    options = provisioning.plan_options(request, request.targets[0])
+    assert (options.model_dir, options.python_env) == (model_dir, python)

@@ -1,6 +1,5 @@
 """`ktdeploy render` and every unit it renders, checked by systemd's own verifier offline."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -51,7 +50,7 @@ CASES = {
     "ktransformers-0.2.1-numa": {**TUTORIAL, "serve_ktransformers_version": "0.2.1.post1",
                                  "serve_ktransformers_numa_interleave": True},
     "cpu-demo": load_profile("cpu-demo"),
-    "llama-server-gpu": {"serve_engine": "llamacpp", "serve_llamacpp_flavour": "cpp", "serve_llamacpp_n_gpu_layers": 12,
+    "llama-server-gpu": {"plan_engine": "llama.cpp", "serve_llamacpp_flavour": "cpp", "serve_llamacpp_n_gpu_layers": 12,
                          "serve_api_host": "0.0.0.0", "serve_api_key": "s3cret-key"},
 }
 
@@ -144,29 +143,81 @@ def test_unknown_profile_and_engine_are_clear_errors():
 
 def test_render_command_writes_files_and_masks(tmp_path):
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["render", "demo", "--profile", "cpu-demo", "-e", "serve_api_key=k-1",
+    r = CliRunner().invoke(main, ["render", "demo", "--offline", "--profile", "cpu-demo", "-e", "serve_api_key=k-1",
                                   "-e", "serve_api_host=0.0.0.0", "-o", str(out)])
     assert r.exit_code == 0, r.output
     env_file = out / "etc/ktdeploy/ktdeploy-api.env"
     assert env_file.is_file() and "k-1" not in env_file.read_text()
-    bad = CliRunner().invoke(main, ["render", "demo", "-e", "oops"])
+    bad = CliRunner().invoke(main, ["render", "demo", "--offline", "-e", "oops"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
-@pytest.fixture(autouse=True)
-def _base_defaults(monkeypatch):
-    """Until the base and python_env roles are merged, give their variables here."""
-    import ktdeploy.render as render
+# -- what provision would write: the plan from the host's facts, the same checks, a said fallback ----------
 
-    real = render.role_layers
 
-    def layers():
-        merged = {
-            "base_service_user": "ktdeploy", "base_service_group": "ktdeploy", "base_data_dir": "/srv/ktdeploy",
-            "base_model_dir": "/srv/ktdeploy/models", "python_env_path": "/srv/ktdeploy/venv-env",
-        }
-        merged.update(real())
-        return merged
+def exec_start(files: dict) -> str:
+    return re.search(r"^ExecStart=(.*)$", files["/etc/systemd/system/ktdeploy-api.service"], re.M)[1]
 
-    monkeypatch.setattr(render, "role_layers", layers)
-    os.environ.setdefault("ANSIBLE_NOCOLOR", "1")
+
+def test_the_unit_serves_the_plans_variant_under_the_plans_model_dir():
+    from ktdeploy import plan
+    from tests.unit.test_plan import facts_of
+
+    p = plan.make_plan(facts_of("autodl-8352v-vgpu32"), "UD-IQ2_XXS", model_dir="/data/m").to_dict()
+    assert p["serve"]["supervisor"] == "supervisord"  # a container: no systemd
+    assert "/etc/supervisor/conf.d/ktdeploy-api.conf" in rendered_files("gpu1", {}, plan=p)
+    line = exec_start(rendered_files("gpu1", {"serve_service_manager": "systemd"}, plan=p))
+    assert "--model_path /data/m/DeepSeek-R1 --gguf_path /data/m/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ2_XXS " in line
+    assert f"--cpu_infer {p['serve']['cpu_infer']} " in line and "--port 10002 " in line
+    assert line.split("--optimize_config_path ")[1].startswith("/srv/ktdeploy/venv-env/") and "DeepSeek-V3-Chat.yaml" in line
+
+
+def test_llama_cpp_serves_the_plans_gguf_file():
+    from ktdeploy import plan
+    from tests.unit.test_plan import facts_of
+
+    p = plan.make_plan(facts_of("ci-kvm-2cpu-nogpu"), "tiny-dsv3-k", engine="llama.cpp", model_dir="/m").to_dict()
+    line = exec_start(rendered_files("ci", {"serve_service_manager": "systemd"}, plan=p))
+    assert "--model /m/tiny-dsv3-k/gguf/tiny-dsv3-k.gguf " in line
+
+
+def test_the_serve_roles_checks_refuse_before_rendering():
+    with pytest.raises(BadInput, match="two different ports"):
+        rendered_files("gpu1", {"serve_webui_port": 10002})
+    with pytest.raises(BadInput, match="spelled 'llama.cpp'"):
+        rendered_files("gpu1", {"serve_engine": "llamacpp"})
+    with pytest.raises(BadInput, match="serve_llamacpp_model is empty"):
+        rendered_files("gpu1", {"plan_engine": "llama.cpp", "plan_model_variant": "gemma3-270m"})
+
+
+def render_cli(*args):
+    return CliRunner().invoke(main, ["render", *args])
+
+
+def test_render_plans_from_the_hosts_facts_and_refuses_its_problems_as_provision_does():
+    from ktdeploy.cli.plan_cmd import PlanOptions, plan_host
+    from ktdeploy.targets import local_target
+
+    refused = render_cli("local", "-e", "plan_model_variant=UD-IQ2_XXS")
+    assert refused.exit_code == 4, refused.output  # this machine has no GPU for KTransformers
+    assert "NVIDIA GPU" in refused.output and "--force" in refused.output
+    r = render_cli("local", "--force", "-e", "plan_model_variant=UD-IQ2_XXS")
+    assert r.exit_code == 0, r.output
+    want = plan_host(local_target(), PlanOptions(variant="UD-IQ2_XXS"))
+    assert f"--cpu_infer {want.cpu_infer} " in r.output and "DeepSeek-R1-UD-IQ2_XXS " in r.output
+    assert "problem (forced past)" in r.stderr and "previewing without" not in r.stderr
+
+
+def test_render_says_when_the_host_does_not_answer_and_previews_without_its_facts():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = render_cli(f"root@127.0.0.1:{port}", "-e", "plan_model_variant=UD-IQ2_XXS")
+    assert r.exit_code == 0, r.output
+    assert "no plan from 127.0.0.1" in r.stderr and "previewing without them" in r.stderr
+    assert "--cpu_infer FROM-THE-HOSTS-FACTS " in r.stdout and "DeepSeek-R1-UD-IQ2_XXS " in r.stdout
+    offline = render_cli("gpu9", "--offline")
+    assert offline.exit_code == 0 and "--cpu_infer FROM-THE-HOSTS-FACTS " in offline.stdout
+    assert "no plan from gpu9's facts (--offline)" in offline.stderr

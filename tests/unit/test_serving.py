@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ktdeploy import serving
 from ktdeploy.errors import BadInput
@@ -133,7 +132,9 @@ def test_helper_wait_ready_gives_up_when_nothing_listens():
     assert r.returncode == 1 and "not ready after" in r.stderr
 
 
-def test_role_service_names_match_the_module():
-    role_vars = yaml.safe_load((ROOT / "roles" / "serve" / "vars" / "main.yml").read_text())
-    assert role_vars["serve_api_service"] == serving.API_SERVICE
-    assert role_vars["serve_webui_service"] == serving.WEBUI_SERVICE
+def test_role_service_names_come_from_the_layout():
+    from ktdeploy import rolevars
+
+    v = rolevars.host_vars("gpu1", {})
+    assert (v["serve_api_service"], v["serve_webui_service"]) == (serving.API_SERVICE, serving.WEBUI_SERVICE)
+    assert (serving.API_SERVICE, serving.WEBUI_SERVICE) == ("ktdeploy-api", "ktdeploy-webui")

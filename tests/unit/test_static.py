@@ -123,3 +123,106 @@ def test_filter_plugin_loads_without_cli_libraries(plugin):
     )
     proc = subprocess.run([sys.executable, "-c", blocker], cwd="/", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# -- one home for each host-layout decision (ktdeploy/layout.py) ----------------------------------------
+
+import ast  # noqa: E402
+
+from ktdeploy import layout  # noqa: E402
+
+LAYOUT_HOME = REPO / "ktdeploy" / "layout.py"
+# The decisions of ktdeploy.layout the roles, templates and modules once spelled each on their own.
+SPELLED_ONCE = [layout.DATA_DIR, layout.STATE_DIR, layout.CONFIG_DIR, layout.LOG_DIR, layout.LIBEXEC_DIR,
+                layout.LIB_DIR, layout.SUPERVISOR_CONF, layout.SUPERVISOR_PROGRAM_DIR, layout.SUPERVISOR_LOG,
+                layout.API_SERVICE, layout.WEBUI_SERVICE, str(layout.API_PORT), str(layout.WEBUI_PORT)]
+# Engine names: layout.ENGINES only, never another spelling of the same engine (as a word of its own:
+# the task file llamacpp.yml, a venv directory or llama-cpp-python's module `llama_cpp` are names).
+OTHER_ENGINE_SPELLINGS = ["llamacpp", "llama-cpp", "llama_cpp"]
+CODE_TREES = ["ktdeploy", "playbooks", "roles", "templates", "scripts", "inventory", "ansible.cfg"]
+
+
+def _literal(text: str):
+    left = r"(?<![\w.-])" if text[0].isalnum() else ""
+    right = r"(?![\w-])" if text[-1].isalnum() else ""
+    return re.compile(left + re.escape(text) + right)
+
+
+def _word(text: str):
+    return re.compile(r"(?<![\w./-])" + re.escape(text) + r"(?![\w./-])")
+
+
+def _python_strings(source: str) -> list[str]:
+    """String and number constants of Python code, docstrings left out."""
+    tree = ast.parse(source)
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            docstrings.add(id(body[0].value))
+    return [str(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, (str, int)) and id(n) not in docstrings]
+
+
+def _yaml_strings(data) -> list[str]:
+    if isinstance(data, dict):
+        return [s for k, v in data.items() for s in _yaml_strings(k) + _yaml_strings(v)]
+    if isinstance(data, list):
+        return [s for v in data for s in _yaml_strings(v)]
+    return [] if data is None else [str(data)]
+
+
+def _code_strings(path: Path) -> list[str]:
+    """What a file says as code: Python constants, YAML values and keys, template text; no comments."""
+    text = path.read_text(errors="replace")
+    if path.suffix == ".py" or text.startswith("#!/usr/bin/env python") or text.startswith("#!/usr/bin/python"):
+        return _python_strings(text)
+    if path.suffix in (".yml", ".yaml"):
+        return _yaml_strings(yaml.safe_load(text))
+    text = re.sub(r"\{#.*?#\}", "", text, flags=re.S)
+    return [line for line in text.splitlines() if not line.lstrip().startswith(("#", ";"))]
+
+
+def _code_files() -> list[Path]:
+    out = []
+    for name in CODE_TREES:
+        root = REPO / name
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        out += [p for p in files if p.suffix not in (".md", ".pyc", ".patch", ".json", ".gguf", ".txt")
+                and "__pycache__" not in p.parts and p.name != "series"]
+    return out
+
+
+def _spellings(literals: list[str], pattern=_literal) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {lit: [] for lit in literals}
+    patterns = {lit: pattern(lit) for lit in literals}
+    for path in _code_files():
+        strings = _code_strings(path)
+        for lit, pattern in patterns.items():
+            if any(pattern.search(s) for s in strings):
+                found[lit].append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_each_layout_decision_is_spelled_only_in_its_home():
+    found = _spellings(SPELLED_ONCE)
+    assert {lit: where for lit, where in found.items() if where != ["ktdeploy/layout.py"]} == {}
+
+
+def test_engines_have_one_spelling():
+    assert layout.ENGINES == ("ktransformers", "llama.cpp")
+    assert {lit: where for lit, where in _spellings(OTHER_ENGINE_SPELLINGS, _word).items() if where} == {}
+
+
+def test_the_spelling_check_finds_a_second_spelling(tmp_path, monkeypatch):
+    """The two checks above would catch a literal creeping back into a role, a template or a module."""
+    for name, text in {"roles/x/defaults/main.yml": "x_dir: /var/lib/ktdeploy/x\nx_engine: llamacpp\n",
+                       "templates/x.j2": "# /var/log/ktdeploy is fine in a comment\nport={{ 8080 }}\n",
+                       "ktdeploy/x.py": '"""ktdeploy-api in a docstring is fine."""\nUNIT = "ktdeploy-api.service"\n'}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = _spellings([layout.STATE_DIR, layout.LOG_DIR, str(layout.WEBUI_PORT), layout.API_SERVICE])
+    assert found == {layout.STATE_DIR: ["roles/x/defaults/main.yml"], layout.LOG_DIR: [], "8080": ["templates/x.j2"],
+                     layout.API_SERVICE: ["ktdeploy/x.py"]}
+    assert _spellings(["llamacpp"], _word) == {"llamacpp": ["roles/x/defaults/main.yml"]}

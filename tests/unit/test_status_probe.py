@@ -296,3 +296,15 @@ def test_supervisord_program_state_and_restart_count(tmp_path, supervisord):
     os.kill(out["services"][0]["pid"], signal.SIGKILL)
     again = _wait_for(lambda: (o := running()) and o["services"][0]["pid"] != out["services"][0]["pid"] and o)
     assert again["services"][0]["restarts"] == 1
+
+
+def test_probe_config_follows_the_role_variables_of_the_host():
+    from ktdeploy import layout
+    from ktdeploy.targets import Target
+
+    cfg = st.probe_config(Target("gpu1", "gpu1", hostvars={"base_state_dir": "/data/state",
+                                                           "model_download_jobs_dir": "{{ base_state_dir }}/jobs"}))
+    assert (cfg["state_dir"], cfg["downloads_dir"]) == ("/data/state", "/data/state/jobs")
+    plain = st.probe_config(Target("gpu1", "gpu1"))
+    assert (plain["state_dir"], plain["download_lib_dir"], plain["config_dir"]) == (
+        layout.STATE_DIR, layout.LIB_DIR, layout.CONFIG_DIR)
