@@ -67,7 +67,9 @@ def _cell(checks: list[st.Check]) -> str:
 @click.option("--deep", is_flag=True, help="Also run a 1-token completion and a short streamed request (TTFT, tok/s).")
 @click.option("--model", help="Model id the API must list (default: the one the serving stage recorded).")
 @click.option("--connect-timeout", type=float, default=5.0, show_default=True, help="SSH connect timeout, seconds.")
-def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout):
+@click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Also write Prometheus metrics to PATH, atomically, every round (node-exporter textfile collector: *.prom).")
+def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout, metrics_file):
     """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
 
     Exit code: 0 all hosts ok, 5 a host is not ready yet (degraded), 1 a host failed,
@@ -76,10 +78,17 @@ def status(hosts, inventory, as_json, watch, interval, deep, model, connect_time
     targets = _targets(hosts, inventory)
     if not WATCH_MIN_S <= interval <= WATCH_MAX_S:
         raise BadInput(f"--interval {interval} is out of range", hint="use 1 to 3600 seconds")
+    if metrics_file:
+        from ktdeploy import metrics
+
+        metrics.check_target(metrics_file)
 
     def round_once():
         statuses = st.collect(targets, deep=deep, model=model, connect_timeout=connect_timeout)
-        return statuses, st.report(statuses, deep=deep)
+        doc = st.report(statuses, deep=deep)
+        if metrics_file:
+            metrics.write_textfile(metrics_file, metrics.render(doc))
+        return statuses, doc
 
     if not watch:
         statuses, doc = round_once()

@@ -12,16 +12,23 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from ktdeploy import metrics
 from ktdeploy import status as st
+from ktdeploy.cli import main
 from ktdeploy.errors import BadInput, KtdeployError
+from tests.support.probe_env import ctrl_c, free_port
 
 FLEET = json.loads((Path(__file__).parent / "recorded" / "status_fleet.json").read_text())
+KTDEPLOY = os.path.join(os.path.dirname(sys.executable), "ktdeploy")
 NAMES = [h["name"] for h in FLEET["hosts"]]
 SERVING, DOWNLOADING, FAILED, DOWN = NAMES
 
@@ -179,3 +186,31 @@ def test_check_target_refuses_a_missing_directory_and_a_directory(tmp_path):
     with pytest.raises(BadInput, match="is a directory"):
         metrics.check_target(tmp_path)
     assert metrics.check_target(tmp_path / "k.prom") == tmp_path / "k.prom"
+
+
+def test_status_writes_the_metrics_file_and_refuses_a_bad_path_before_probing(tmp_path):
+    path = tmp_path / "ktdeploy.prom"
+    port = free_port()
+    spec = f"nobody@127.0.0.1:{port}"
+    r = CliRunner().invoke(main, ["status", spec, "--metrics-file", str(path)])
+    assert r.exit_code == 3, r.output
+    fams = parse(path.read_text())
+    assert value(fams, "ktdeploy_host_verdict", host=f"127.0.0.1:{port}", verdict="unreachable") == 1
+    r = CliRunner().invoke(main, ["status", spec, "--metrics-file", str(tmp_path / "missing" / "k.prom")])
+    assert r.exit_code == 2 and "does not exist" in r.output and "unreachable" not in r.output
+
+
+def test_watch_rewrites_the_metrics_file_every_round(tmp_path):
+    path = tmp_path / "ktdeploy.prom"
+    proc = subprocess.Popen([KTDEPLOY, "status", f"nobody@127.0.0.1:{free_port()}", "--watch", "--json",
+                             "--interval", "1", "--metrics-file", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stamps = []
+    try:
+        for _ in range(2):  # a JSON line per round, written after the metrics file
+            assert proc.stdout.readline(), proc.stderr.read() if proc.poll() is not None else "no round"
+            stamps.append(value(parse(path.read_text()), "ktdeploy_status_last_run_timestamp_seconds"))
+    finally:
+        ctrl_c(proc)
+    assert stamps[1] > stamps[0] and stamps[1] <= time.time()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ktdeploy.prom"]
