@@ -103,8 +103,12 @@ def describe_connect_error(exc: BaseException) -> str | None:
     return None
 
 
-def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 16) -> list[HostResult]:
-    """Call fn for every target in parallel; one failing host never hides the others."""
+def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 64) -> list[HostResult]:
+    """Call fn for every target in parallel; one failing host never hides the others.
+
+    One thread per host up to max_workers: the threads mostly wait on the network, and a fleet larger
+    than the pool would be probed in waves (each wave as long as one host's round trip).
+    """
 
     def one(t: Target) -> HostResult:
         try:
