@@ -159,8 +159,12 @@ def _ssh_failure(target: Target, exc: BaseException, reason_timeout: float = 3.0
             "name the host's SSH port as USER@HOST:PORT, or set ansible_port in the inventory")
 
 
-def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 16) -> list[HostResult]:
-    """Call fn for every target in parallel; one failing host never hides the others."""
+def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 64) -> list[HostResult]:
+    """Call fn for every target in parallel; one failing host never hides the others.
+
+    One thread per host up to max_workers: the threads mostly wait on the network, and a fleet larger
+    than the pool would be probed in waves (each wave as long as one host's round trip).
+    """
 
     def one(t: Target) -> HostResult:
         try:

@@ -69,7 +69,9 @@ def _cell(checks: list[st.Check]) -> str:
 @click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="SSH connect timeout, seconds (more than 0).")
 @click.option("--plain", is_flag=True, help="Plain lines, one per check, instead of a table (the default when output is not a terminal).")
-def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout, plain):
+@click.option("--metrics-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Also write Prometheus metrics to PATH, atomically, every round (node-exporter textfile collector: *.prom).")
+def status(hosts, inventory, as_json, watch, interval, deep, model, connect_timeout, plain, metrics_file):
     """Show how each host is doing: stages, download, services, API readiness, Open WebUI.
 
     Exit code: 0 all hosts ok, 5 a host is not ready yet (degraded), 1 a host failed,
@@ -78,10 +80,17 @@ def status(hosts, inventory, as_json, watch, interval, deep, model, connect_time
     targets = _targets(hosts, inventory)
     if not WATCH_MIN_S <= interval <= WATCH_MAX_S:
         raise BadInput(f"--interval {interval} is out of range", hint="use 1 to 3600 seconds")
+    if metrics_file:
+        from ktdeploy import metrics
+
+        metrics.check_target(metrics_file)
 
     def round_once():
         statuses = st.collect(targets, deep=deep, model=model, connect_timeout=connect_timeout)
-        return statuses, st.report(statuses, deep=deep)
+        doc = st.report(statuses, deep=deep)
+        if metrics_file:
+            metrics.write_textfile(metrics_file, metrics.render(doc))
+        return statuses, doc
 
     plain = plain or not sys.stdout.isatty()
     if not watch:

@@ -9,7 +9,6 @@ Keep it compatible with Python 3.8 (hosts bring their own python3).
 
 import configparser
 import glob
-import http.client
 import importlib.util
 import json
 import os
@@ -358,6 +357,142 @@ def count_unexpected_exits(lines, units):
 # --- HTTP on 127.0.0.1 ----------------------------------------------------------------------------
 
 
+# A small HTTP/1.1 client for the few requests the probe makes (GET/POST, one request per connection,
+# Content-Length, chunked or close-delimited bodies). Importing http.client pulls in the email
+# package and ssl: about 30 ms of CPU per probe run, a quarter of the probe's own cost
+# (docs/benchmarks.md, "Status"). The same interface as http.client for what is used here.
+
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
+
+class HTTPException(Exception):
+    """The server's reply is not the HTTP/1.x the probe understands."""
+
+
+class HTTPConnection(object):
+    def __init__(self, host, port, timeout):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.sock = self.fp = None
+
+    def request(self, method, path, body=None, headers=None):
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s:%s" % (host, self.port), "Accept-Encoding: identity",
+                 "Connection: close"]
+        lines += ["%s: %s" % item for item in (headers or {}).items()]
+        if data is not None:
+            lines.append("Content-Length: %d" % len(data))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data or b""))
+
+    def getresponse(self):
+        self.fp = self.sock.makefile("rb")
+        return HTTPResponse(self.fp)
+
+    def close(self):
+        for f in (self.fp, self.sock):
+            if f is not None:
+                f.close()
+        self.sock = self.fp = None
+
+
+class HTTPResponse(object):
+    """status, headers (lower-case names), read(amt) and iteration over the body's lines."""
+
+    def __init__(self, fp):
+        self.fp = fp
+        parts = self._line().decode("latin-1").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise HTTPException("not an HTTP/1.x reply: %r" % " ".join(parts)[:100])
+        self.status = int(parts[1])
+        self.headers = {}
+        while True:
+            line = self._line()
+            if line in (b"\r\n", b"\n"):
+                break
+            if len(self.headers) >= MAX_HEADERS:
+                raise HTTPException("more than %d headers" % MAX_HEADERS)
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise HTTPException("bad header line %r" % line[:100])
+            self.headers[name.strip().lower()] = value.strip()
+        length = self.headers.get("content-length")
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._blocks = self._chunked()
+        elif length is not None:
+            if not length.isdigit():
+                raise HTTPException("bad Content-Length %r" % length)
+            self._blocks = self._sized(int(length))
+        else:
+            self._blocks = self._until_close()
+        self._buf = b""
+
+    def _line(self):
+        line = self.fp.readline(MAX_LINE + 1)
+        if not line:
+            raise HTTPException("connection closed before the reply was complete")
+        if len(line) > MAX_LINE:
+            raise HTTPException("line longer than %d bytes" % MAX_LINE)
+        return line
+
+    def _sized(self, left):
+        while left > 0:
+            block = self.fp.read1(min(left, 65536)) if hasattr(self.fp, "read1") else self.fp.read(min(left, 65536))
+            if not block:
+                raise HTTPException("connection closed %d bytes before the end of the body" % left)
+            left -= len(block)
+            yield block
+
+    def _until_close(self):
+        while True:
+            block = self.fp.read1(65536) if hasattr(self.fp, "read1") else self.fp.read(65536)
+            if not block:
+                return
+            yield block
+
+    def _chunked(self):
+        while True:
+            size = self._line().split(b";", 1)[0].strip()
+            try:
+                size = int(size, 16)
+            except ValueError:
+                raise HTTPException("bad chunk size %r" % size[:20])
+            if size == 0:
+                while self._line() not in (b"\r\n", b"\n"):  # trailers
+                    pass
+                return
+            for block in self._sized(size):
+                yield block
+            self._line()  # the CRLF after the chunk
+
+    def read(self, amt):
+        """Up to amt bytes of the body (fewer only at its end)."""
+        while len(self._buf) < amt:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            self._buf += block
+        data, self._buf = self._buf[:amt], self._buf[amt:]
+        return data
+
+    def __iter__(self):
+        """The body's lines (each with its b"\\n"), as they arrive."""
+        while True:
+            cut = self._buf.find(b"\n")
+            if cut >= 0:
+                line, self._buf = self._buf[: cut + 1], self._buf[cut + 1:]
+                yield line
+                continue
+            block = next(self._blocks, None)
+            if block is None:
+                if self._buf:
+                    line, self._buf = self._buf, b""
+                    yield line
+                return
+            self._buf += block
+
+
 LOOPBACK_ALIASES = ("", "0.0.0.0", "::", "127.0.0.1", "localhost", None)
 
 
@@ -368,8 +503,10 @@ def address(spec):
 
 
 def api_key(spec):
-    """The API key from the service's 0600 environment file (read as root; it never leaves the host)."""
+    """The API key from the service's environment file (read as root; it never leaves the host)."""
     path = spec.get("env_file")
+    if not path:
+        return None
     try:
         with open(path) as f:
             for line in f:
@@ -384,7 +521,7 @@ def api_key(spec):
 def http_json(spec, method, path, timeout, body=None):
     """(status, parsed JSON or text, elapsed seconds) or raises OSError/HTTPException."""
     t0 = time.monotonic()
-    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
+    conn = HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
     try:
         headers = {"Content-Type": "application/json", "Authorization": "Bearer %s" % (api_key(spec) or "none")}
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
@@ -405,7 +542,7 @@ def check_api(spec, expected, timeout):
            "listed": False}
     try:
         status, data, elapsed = http_json(spec, "GET", "/v1/models", timeout)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
         return out
     out["status"], out["elapsed_ms"] = status, round(elapsed * 1000, 1)
@@ -424,7 +561,7 @@ def check_health(spec, timeout):
     out = {"port": port, "ok": False}
     try:
         status, data, elapsed = http_json(spec, "GET", spec.get("health") or "/health", timeout)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
         return out
     out["status"], out["elapsed_ms"] = status, round(elapsed * 1000, 1)
@@ -460,7 +597,7 @@ def deep_check(spec, model, timeout, stream_tokens):
                              "ok": status == 200 and finish in ("length", "stop")}
         if status != 200:
             out["completion"]["error"] = "HTTP %d: %s" % (status, str(data)[:200])
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, HTTPException) as exc:
         out["completion"] = {"ok": False, "error": describe_http_error(exc)}
     out["stream"] = stream_check(spec, model, timeout, stream_tokens)
     return out
@@ -472,7 +609,7 @@ def stream_check(spec, model, timeout, max_tokens):
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "Count from one to ten."}]}
     out = {"ok": False}
-    conn = http.client.HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
+    conn = HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
     t0 = time.monotonic()
     try:
         conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
@@ -484,7 +621,7 @@ def stream_check(spec, model, timeout, max_tokens):
             out["error"] = "HTTP %d: %s" % (resp.status, resp.read(500).decode("utf-8", "replace"))
             return out
         out.update(read_sse(resp, t0, time.monotonic() + timeout))
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
     finally:
         conn.close()

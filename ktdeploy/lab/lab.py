@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ktdeploy.lab import daemons, golden, hosts, inventory, net, requirements
+from ktdeploy.lab import daemons, golden, hosts, inventory, limits, net, requirements
 from ktdeploy.lab.host import LabHost
 from ktdeploy.lab.locks import file_lock
 from ktdeploy.lab.paths import ALLOC_LOCK, LabPaths, host_address, host_name
@@ -42,6 +42,7 @@ class Lab:
             net.fence_lab_range()
             self.proxy.ensure_running()
             self.wheelhouse.ensure_serving()
+            limits.ensure_inotify_instances(self.log)
         golden.ensure_built(self.paths, log=self.log)
         self._reap_orphans()
         self._ready = True

@@ -1,0 +1,160 @@
+"""The probe's own small HTTP client (it does not import http.client: docs/benchmarks.md, "Status"),
+against raw sockets that answer as the servers it meets do: Content-Length (llama.cpp, FastAPI JSON),
+chunked (uvicorn's and llama.cpp's streams, lines split across chunks), close-delimited (HTTP/1.0),
+and the broken cases (not HTTP, closed mid-body, silent)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ktdeploy import status as st
+from ktdeploy.hostside import status_probe as sp
+
+
+class RawServer:
+    """Accepts connections on loopback and answers each with the given raw bytes (a list: sent apart)."""
+
+    def __init__(self, reply: list[bytes], pause: float = 0.0, hold: float = 0.0):
+        self.reply, self.pause, self.hold = reply, pause, hold
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(v) for k, v in (ln.split(b":", 1) for ln in head.split(b"\r\n")[1:])
+                               if k.strip().lower() == b"content-length"), 0)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + rest)
+                for part in self.reply:
+                    conn.sendall(part)
+                    time.sleep(self.pause)
+                time.sleep(self.hold)
+
+    def spec(self):
+        return {"port": self.port, "unit": "none"}
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def raw():
+    made = []
+
+    def make(reply, **kw):
+        made.append(RawServer(reply, **kw))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def chunked(*parts: bytes) -> list[bytes]:
+    return [b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\nX-Trailer: t\r\n\r\n"]
+
+
+MODELS = json.dumps({"object": "list", "data": [{"id": "DeepSeek-R1"}]}).encode()
+
+
+def test_content_length_reply_and_the_request_it_sent(raw, tmp_path):
+    srv = raw([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(MODELS), MODELS])
+    env = tmp_path / "api.env"
+    env.write_text("KTDEPLOY_API_KEY=sekret\n")
+    out = sp.check_api(dict(srv.spec(), env_file=str(env)), "DeepSeek-R1", 3)
+    assert out["ok"] and out["listed"] and out["status"] == 200 and out["models"] == ["DeepSeek-R1"]
+    req = srv.requests[0].decode()
+    assert req.startswith("GET /v1/models HTTP/1.1\r\n") and f"Host: 127.0.0.1:{srv.port}\r\n" in req
+    assert "Authorization: Bearer sekret\r\n" in req and "Connection: close\r\n" in req
+
+
+def test_post_body_and_a_chunked_json_reply_split_anywhere(raw):
+    body = json.dumps({"choices": [{"finish_reason": "length"}]}).encode()
+    srv = raw([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *chunked(body[:7], body[7:])], pause=0.01)
+    status, data, _ = sp.http_json(srv.spec(), "POST", "/v1/chat/completions", 3, {"max_tokens": 1})
+    assert status == 200 and data["choices"][0]["finish_reason"] == "length"
+    head, _, sent = srv.requests[0].partition(b"\r\n\r\n")
+    assert json.loads(sent) == {"max_tokens": 1} and b"Content-Length: %d" % len(sent) in head
+
+
+def sse(*objs) -> list[bytes]:
+    return [b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs] + [b"data: [DONE]\n\n"]
+
+
+def test_stream_in_chunks_that_split_lines_counts_every_token(raw):
+    events = sse(*({"choices": [{"delta": {"content": w}}]} for w in ("one", " two", " three")),
+                 {"choices": [], "usage": {"completion_tokens": 3}})
+    blob = b": ping\n\n" + b"".join(events)
+    cuts = [blob[i:i + 5] for i in range(0, len(blob), 5)]  # chunk borders fall inside lines
+    srv = raw([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+               *chunked(*cuts)])
+    out = sp.stream_check(srv.spec(), "m", 5, 16)
+    assert out["ok"] and out["content_deltas"] == 3 and out["completion_tokens"] == 3, out
+    assert out["status"] == 200 and out["ttft_s"] >= 0
+
+
+def test_close_delimited_stream_of_an_http_1_0_server(raw):
+    srv = raw([b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",
+               *sse({"choices": [{"delta": {"content": "a"}}]}, {"choices": [{"delta": {"content": "b"}}]})])
+    out = sp.stream_check(srv.spec(), "m", 5, 16)
+    assert out["ok"] and out["content_deltas"] == 2
+
+
+def test_http_error_status_with_its_body(raw):
+    srv = raw([b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 24\r\n\r\n", b'{"error":"invalid key"} '])
+    out = sp.check_api(srv.spec(), None, 3)
+    assert not out["ok"] and out["status"] == 401 and out["error"].startswith("HTTP 401: {'error': 'invalid key'}")
+    (check,) = [c for c in st.evaluate({"api": out, "services": [{"role": "api", "unit": "u", "state": "active"}],
+                                         "services_declared": True}) if c.name == "api"]
+    assert check.level == "failed"
+
+
+@pytest.mark.parametrize("reply, words", [
+    ([b"SSH-2.0-OpenSSH_9.2\r\n"], "not an HTTP/1.x reply"),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b'{"data": ['], "closed 90 bytes before the end"),
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"], "bad chunk size"),
+    ([b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n"], "bad header line"),
+    ([], "closed before the reply was complete"),
+])
+def test_broken_replies_are_errors_not_crashes(raw, reply, words):
+    srv = raw(reply)
+    out = sp.check_health(srv.spec(), 3)
+    assert not out["ok"] and out["error"].startswith("HTTPException: ") and words in out["error"], out
+
+
+def test_silent_server_times_out_and_closed_port_is_refused(raw):
+    srv = raw([], hold=3)
+    t0 = time.monotonic()
+    assert sp.check_health(srv.spec(), 0.3)["error"] == "timed out"
+    assert time.monotonic() - t0 < 2
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert sp.check_health({"port": port}, 1)["error"] == "connection refused (nothing listens on the port)"
+
+
+def test_the_probe_does_not_import_http_client():
+    """What this client is for: the probe's start-up without the email package and ssl."""
+    code = ("import runpy, sys; runpy.run_path(%r); "  # loads the module without running main()
+            "print(sorted(m for m in ('http.client', 'email.parser', 'ssl') if m in sys.modules))" % sp.__file__)
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
