@@ -73,6 +73,11 @@ def _site_roles() -> list[tuple[str, list[str]]]:
     return out
 
 
+def site_roles() -> list[str]:
+    """The roles of playbooks/site.yml, in the order the play applies them."""
+    return [role for role, _ in _site_roles()]
+
+
 def site_role_tags() -> list[str]:
     """The tags given to roles in playbooks/site.yml (what --only and --skip accept)."""
     return sorted({t for _, tags in _site_roles() for t in tags if t not in SPECIAL_TAGS})
@@ -271,6 +276,11 @@ def fleet_name(host: str, request: ProvisionRequest) -> str:
     """The target name of a host as Ansible reported it (Ansible reads HOST:PORT as HOST)."""
     names = [t.name for t in request.targets]
     return host if host in names else next((t.name for t in request.targets if t.host == host), host)
+
+
+def runs_role(request: ProvisionRequest, role: str) -> bool:
+    """Whether the run applies this role's tag (--only / --skip; `when` conditions aside)."""
+    return (not request.tags or role in request.tags) and role not in request.skip_tags
 
 
 def serial_value(value: str | None) -> str | None:
