@@ -107,10 +107,12 @@ def write_record(run_dir: Path, key: str, outs: dict[str, Outcome], *, check: bo
     """Record the run's hosts in its run record; `retry` carries over the earlier runs' failures.
 
     A host listed by the previous record of the same fleet stays listed unless this run included
-    it; a host of this run is listed when it did not converge. A --check run records nothing to retry.
+    it; a host of this run is listed when it did not converge. A --check run changes nothing: the
+    list stays as it was.
     """
     previous = latest(key)
-    carried = [h for h in (previous[1].get("retry", []) if previous else []) if h not in outs]
+    before = previous[1].get("retry", []) if previous else []
+    carried = before if check else [h for h in before if h not in outs]  # a dry run converges nothing
     failed = [] if check else sorted(h for h, o in outs.items() if o.state != OK)
     data = {
         "format": FORMAT,

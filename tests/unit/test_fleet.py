@@ -116,6 +116,9 @@ def test_a_host_left_out_of_a_later_run_stays_listed(fleet_env, runs_dir):
     assert provision(tmp / "hosts.yml").exit_code == 3
     state["broken"].clear()
     state["write"]()
+    # a dry run converges nothing: the list stays
+    assert provision(tmp / "hosts.yml", "--limit", "gpu4", "--check").exit_code == 0
+    assert json.loads((site_runs(runs_dir)[-1] / fleet.RECORD).read_text())["retry"] == ["gpu3", "gpu4"]
     # a run limited to gpu4 converges it; gpu3, not in that run, is still to retry
     assert provision(tmp / "hosts.yml", "--limit", "gpu4").exit_code == 0
     record = json.loads((site_runs(runs_dir)[-1] / fleet.RECORD).read_text())
