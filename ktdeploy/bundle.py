@@ -49,7 +49,7 @@ DEFAULT_PORT = 8765
 DEFAULT_PYTHON = "3.11"
 DEFAULT_GLIBC = (2, 36)
 # Projects published as sdists only: pip builds them on the host (setuptools and wheel come along).
-SDIST_ONLY = {"cpufeature": ["setuptools", "wheel"]}
+SDIST_ONLY = {"cpufeature": ["setuptools<82", "wheel<0.49"]}  # the build pins of tests/gpu/gather.sh
 # The settings a bundle is computed from (the roles' defaults, then inventory, profile and -e).
 SETTINGS = (
     "base_packages", "base_extra_packages", "python_env_packages", "python_env_python_version",
