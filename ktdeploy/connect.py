@@ -115,11 +115,13 @@ def check_hosts(inventory: dict | str, hostvars: dict[str, dict], *, limit: list
         detail = "; ".join(result.errors) or f"ansible-playbook ended with rc={result.rc}"
         raise KtdeployError(f"the connection check could not run: {detail}",
                             hint=f"see the run record in {result.artifact_dir}")
-    problems = []
-    for host in sorted(messages):
-        # Ansible reads an inventory name HOST:PORT as HOST, so fall back to matching the address.
-        hv = hostvars.get(host) or next((v for v in hostvars.values() if v.get("ansible_host") == host), {})
-        cause, fix = not_ssh_problem(messages[host], hv, host) or explain(
-            messages[host], user=hv.get("ansible_user"), port=hv.get("ansible_port"), host=hv.get("ansible_host", host))
-        problems.append(HostProblem(host, cause, fix))
-    return problems
+    return [problem(host, messages[host], hostvars) for host in sorted(messages)]
+
+
+def problem(host: str, message: str, hostvars: dict[str, dict]) -> HostProblem:
+    """The HostProblem for Ansible's connection or become failure `message` about `host`."""
+    # Ansible reads an inventory name HOST:PORT as HOST, so fall back to matching the address.
+    hv = hostvars.get(host) or next((v for v in hostvars.values() if v.get("ansible_host") == host), {})
+    cause, fix = not_ssh_problem(message, hv, host) or explain(
+        message, user=hv.get("ansible_user"), port=hv.get("ansible_port"), host=hv.get("ansible_host", host))
+    return HostProblem(host, cause, fix)

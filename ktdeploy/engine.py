@@ -81,21 +81,57 @@ class RunResult:
 
     def failure_lines(self, limit: int = 2000) -> list[str]:
         """`host: task: message` for each failed task (and failed loop item), read from the run record."""
-        lines = []
+        return [f"{f.host}: {f.task}: {m[:limit]}" for f in self.failures() for m in f.messages]
+
+    def _events(self):
         for path in sorted((self.artifact_dir / "job_events").glob("*.json"),
                            key=lambda p: int(p.name.split("-", 1)[0]) if p.name[0].isdigit() else 0):
             try:
-                event = json.loads(path.read_text())
+                yield json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
+
+    def finished_hosts(self) -> set[str]:
+        """Hosts the play went through to the end (failed ones included). Each `serial` batch starts
+        with its own play start; a batch that Ansible stopped (max_fail_percentage reached, or no host
+        left) ends with "no hosts remaining", and its hosts did not finish."""
+        finished: set[str] = set()
+        batch: set[str] = set()
+        stopped = False
+        for event in self._events():
+            kind, data = event.get("event"), event.get("event_data") or {}
+            if kind == "playbook_on_play_start":
+                finished |= set() if stopped else batch
+                batch = set()
+            elif kind == "playbook_on_no_hosts_remaining":
+                stopped = True
+            elif kind.startswith("runner_on_") and data.get("host"):
+                batch.add(data["host"])
+        return finished | (set() if stopped else batch)
+
+    def failures(self) -> list["TaskFailure"]:
+        """Each failed (not ignored) or unreachable task result, in the order the run record has them."""
+        out = []
+        for event in self._events():
             data = event.get("event_data") or {}
             if event.get("event") not in ("runner_on_failed", "runner_on_unreachable") or data.get("ignore_errors"):
                 continue
             res = data.get("res") or {}
             msgs = [str(r.get("msg")) for r in res.get("results") or [] if r.get("failed") and r.get("msg")]
             msgs = msgs or [str(res.get("msg") or res.get("stderr") or "failed")]
-            lines.extend(f"{data.get('host')}: {data.get('task')}: {m[:limit]}" for m in msgs)
-        return lines
+            kind = "unreachable" if event["event"] == "runner_on_unreachable" else "failed"
+            out.append(TaskFailure(str(data.get("host")), str(data.get("task")), kind, msgs))
+        return out
+
+
+@dataclass
+class TaskFailure:
+    """One failed or unreachable task result of a run: its host, task, kind and messages."""
+
+    host: str
+    task: str
+    kind: str  # "failed" or "unreachable"
+    messages: list[str]
 
 
 def runs_dir() -> Path:
@@ -124,6 +160,7 @@ def run_playbook(
     check: bool = False,
     diff: bool = False,
     envvars: dict | None = None,
+    forks: int | None = None,
     on_event: EventHandler | None = None,
     on_tick: Callable[[], None] | None = None,
     keep: int = KEEP_RUNS,
@@ -131,7 +168,8 @@ def run_playbook(
     """Run one playbook to the end and return its result.
 
     `inventory` is Ansible inventory data (dict) or a file/directory path. `envvars` are for
-    non-secret settings only (they are recorded); secrets go in `extravars`. `on_event` gets
+    non-secret settings only (they are recorded); secrets go in `extravars`. `forks` is how many
+    hosts Ansible works on at once (None: ansible.cfg's). `on_event` gets
     each runner event, `on_tick` is called about twice a second while the run is quiet, both on
     this thread. Ctrl-C cancels the run and re-raises KeyboardInterrupt.
     """
@@ -164,6 +202,7 @@ def run_playbook(
             skip_tags=",".join(skip_tags) if skip_tags else None,
             limit=",".join(limit) if isinstance(limit, (list, tuple)) else limit,
             cmdline=cmdline,
+            forks=forks,
             envvars=_envvars(envvars),
             quiet=True,
             suppress_env_files=True,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ktdeploy import connect, profiles, rolevars, variables
+from ktdeploy import connect, fleet, profiles, rolevars, variables
+from ktdeploy.connect import HostProblem
 from ktdeploy.errors import BadInput, Unreachable
 from ktdeploy.preflight import PlanOptions, preflight_or_raise
 from ktdeploy.resources import playbooks_dir
@@ -38,6 +39,20 @@ class ProvisionRequest:
     extravars: dict = field(default_factory=dict)
     check: bool = False
     warnings: list[str] = field(default_factory=list)  # for the user: -e names no role reads
+    key: str = ""  # which fleet this is (fleet.request_key): runs of the same key share the retry list
+    retry_note: str = ""  # --retry-failed: which record the hosts come from, or why there are none
+
+    @property
+    def hostvars(self) -> dict[str, dict]:
+        return {t.name: t.ansible_vars() for t in self.targets}
+
+    def narrow(self, names: list[str]) -> None:
+        """Keep only these targets (the ones that passed the connection check, or the ones to retry)."""
+        self.targets = [t for t in self.targets if t.name in names]
+        if isinstance(self.inventory, dict):
+            self.inventory = inventory_from_targets(self.targets)
+        else:
+            self.limit = [t.name for t in self.targets]
 
 
 # Ansible's special tags: not roles, so --only/--skip refuse them.
@@ -55,6 +70,11 @@ def _site_roles() -> list[tuple[str, list[str]]]:
             role_tags = role.get("tags", [])
             out.append((str(role.get("role", "")), [role_tags] if isinstance(role_tags, str) else list(role_tags)))
     return out
+
+
+def site_roles() -> list[str]:
+    """The roles of playbooks/site.yml, in the order the play applies them."""
+    return [role for role, _ in _site_roles()]
 
 
 def site_role_tags() -> list[str]:
@@ -114,8 +134,16 @@ def parse_extravars(pairs: tuple[str, ...]) -> dict:
     return out
 
 
-def build_request(hosts, inventory, limit, only, skip, extra, check, profile=None) -> ProvisionRequest:
-    """The request for these command-line values; BadInput (exit 2) before anything runs."""
+def build_request(hosts, inventory, limit, only, skip, extra, check, profile=None,
+                  retry_failed: bool = False) -> ProvisionRequest:
+    """The request for these command-line values; BadInput (exit 2) before anything runs.
+
+    retry_failed: only the hosts the last recorded run of the same inventory (or the same named
+    hosts) left unconverged (`fleet.latest`); none left gives a request without targets and a note.
+    """
+    if retry_failed and limit:
+        raise BadInput("give --limit or --retry-failed, not both",
+                       hint="--retry-failed picks the hosts itself: those the last run did not converge")
     if hosts and inventory:
         raise BadInput("give hosts or -i INVENTORY, not both",
                        hint="to pick hosts from an inventory, use -i INVENTORY --limit HOST,...")
@@ -141,12 +169,37 @@ def build_request(hosts, inventory, limit, only, skip, extra, check, profile=Non
         for t in targets:
             variables.check_ports({k: v for k, v in t.hostvars.items() if k not in given},
                                   where=f"inventory {inventory}", host=t.name)
-    return ProvisionRequest(
+    request = ProvisionRequest(
         targets=targets, inventory=inv, limit=wanted,
         tags=tags, skip_tags=skip_tags,
         extravars={**(profiles.load(profile) if profile else {}), **given}, check=check,
         warnings=variables.unknown_warnings(given),
+        key=fleet.request_key(inventory if inventory else inv, [t.name for t in targets]),
     )
+    if retry_failed:
+        _retry_only(request, inventory or " ".join(hosts))
+    return request
+
+
+def _retry_only(request: ProvisionRequest, what: str) -> None:
+    """Narrow the request to the hosts the last recorded run of this fleet did not converge."""
+    found = fleet.latest(request.key)
+    if found is None:
+        raise BadInput(f"--retry-failed: no earlier provision run of {what} is among the kept run records "
+                       "(the last 20 runs are kept)",
+                       hint="run the same command without --retry-failed")
+    path, data = found
+    names = [t.name for t in request.targets]
+    retry = [h for h in data.get("retry", []) if h in names]
+    gone = [h for h in data.get("retry", []) if h not in names]
+    if gone:
+        request.warnings.append(f"warning: --retry-failed: {', '.join(gone)} (recorded in {path}) "
+                                f"are no longer among the targets; left out")
+    request.narrow(retry)
+    request.retry_note = (f"--retry-failed: {len(retry)} host(s) the earlier runs left unconverged "
+                          f"({', '.join(retry)}; recorded in {path})" if retry else
+                          f"--retry-failed: nothing to retry; the last recorded run of {what} ({path}) "
+                          "left no host unconverged")
 
 
 def settings(request: ProvisionRequest, target: Target) -> dict:
@@ -181,6 +234,55 @@ def preflight(request: ProvisionRequest, force: bool = False, say: Say = _stderr
             say(f"{name}: warning: {finding.message}")
     if force:
         request.extravars["plan_force"] = True
+
+
+def check_fleet(request: ProvisionRequest, say: Say = _stderr,
+                max_fail_percentage: int | None = None) -> list[HostProblem]:
+    """SSH and passwordless sudo on every host; the hosts that pass go on, the others are returned.
+
+    Each host not ready gets one line. When none is ready, or more than `max_fail_percentage` of
+    them are not (0: any), Unreachable (exit 3) before anything changes; otherwise the request is
+    narrowed to the ready hosts and the problems are returned for the summary.
+    """
+    say(f"Checking SSH and sudo on {len(request.targets)} host(s)...")
+    problems = connect.check_hosts(request.inventory, request.hostvars, limit=request.limit)
+    if not problems:
+        return []
+    for p in problems:
+        say(p.line())
+    total = len(request.targets)
+    if len(problems) >= total:
+        raise Unreachable(f"{len(problems)} of {total} host(s) not ready; nothing was changed")
+    if max_fail_percentage is not None and 100 * len(problems) / total > max_fail_percentage:
+        raise Unreachable(f"{len(problems)} of {total} host(s) not ready, more than --max-fail-percentage "
+                          f"{max_fail_percentage} allows; nothing was changed")
+    bad = {fleet_name(p.host, request) for p in problems}
+    request.narrow([t.name for t in request.targets if t.name not in bad])
+    say(f"Going on with the {len(request.targets)} ready host(s); the summary at the end names the others.")
+    return problems
+
+
+def fleet_name(host: str, request: ProvisionRequest) -> str:
+    """The target name of a host as Ansible reported it (Ansible reads HOST:PORT as HOST)."""
+    names = [t.name for t in request.targets]
+    return host if host in names else next((t.name for t in request.targets if t.host == host), host)
+
+
+def runs_role(request: ProvisionRequest, role: str) -> bool:
+    """Whether the run applies this role's tag (--only / --skip; `when` conditions aside)."""
+    return (not request.tags or role in request.tags) and role not in request.skip_tags
+
+
+def serial_value(value: str | None) -> str | None:
+    """--serial N or N%: Ansible's batch size; BadInput (exit 2) for anything else."""
+    if value is None:
+        return None
+    text = value.strip()
+    number = text[:-1] if text.endswith("%") else text
+    if not number.isdigit() or int(number) < 1 or (text.endswith("%") and int(number) > 100):
+        raise BadInput(f"--serial {value!r} is not a batch size",
+                       hint="give a number of hosts (--serial 2) or a share of them (--serial 25%)")
+    return text
 
 
 def check_connections(request: ProvisionRequest, say: Say = _stderr) -> None:

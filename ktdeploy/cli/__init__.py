@@ -12,6 +12,7 @@ from ktdeploy.errors import KtdeployError
 
 # Command name → the module defining it (each module also exports COMMANDS, the list it defines).
 _COMMANDS = {
+    "bundle": "bundle_cmd",
     "chat": "status_cmd",
     "download": "download_cmd",
     "facts": "plan_cmd",
