@@ -15,4 +15,5 @@ def filters() -> dict:
         "ktdeploy_supervisor_command": serving.supervisor_command,
         "ktdeploy_env_value": serving.env_file_value,
         "ktdeploy_env_parse": serving.env_file_parse,
+        "ktdeploy_llamacpp_build_key": serving.llamacpp_build_key,
     }
