@@ -152,7 +152,7 @@ def _plays(name):
 
 def test_the_rollout_is_ansibles_serial_and_max_fail_percentage():
     prepare, rollout = _plays("upgrade.yml")
-    assert "serial" not in prepare and prepare.get("max_fail_percentage") is None
+    assert "serial" not in prepare and prepare["max_fail_percentage"] == 0  # all at once; any failure stops the run
     assert rollout["serial"] == 1 and rollout["max_fail_percentage"] == 0
     (rollback,) = _plays("rollback.yml")
     assert rollback["serial"] == 1 and rollback["max_fail_percentage"] == 0
