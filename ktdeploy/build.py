@@ -106,6 +106,19 @@ def stamp(*, source: str, patches: Sequence[str], torch_version: str, env: Mappi
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def steps(wanted: str, installed: str, wheel_kept: bool, force: bool = False) -> dict[str, bool]:
+    """Whether to build and whether to install the wanted build (`wanted` and `installed` are stamps).
+
+    Every build leaves a wheel in a directory of its stamp; installing a build is installing its
+    kept wheel, so going back to an earlier build (a rollback) needs no rebuild. A build runs only
+    when no wheel is kept for the wanted stamp and that stamp is not installed already (a host built
+    before wheels were kept has none, and keeps its installed build), or when forced.
+    """
+    installed = (installed or "").strip()
+    build = bool(force) or (not wheel_kept and installed != wanted)
+    return {"build": build, "install": bool(force) or installed != wanted}
+
+
 def version_dir(version: str) -> str:
     """Directory name of a version's patch series: tags and sdist versions alike, without a leading v."""
     v = str(version).strip()

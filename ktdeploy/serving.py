@@ -7,6 +7,7 @@ render the same templates in `templates/`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 
@@ -110,6 +111,16 @@ def llamacpp_argv(flavour: str, s: dict) -> list[str]:
 
 def llamacpp_api_key_env(flavour: str) -> str:
     return "LLAMA_API_KEY" if flavour == "cpp" else "API_KEY"
+
+
+def llamacpp_build_key(version: str, cmake_args: str) -> str:
+    """Name of one llama-cpp-python build: its version and the CMake flags it was compiled with.
+
+    The serve role keeps the wheel in a directory of this name and puts the key in the API's
+    environment (`KTDEPLOY_ENGINE_BUILD`), so a new build restarts the API and a release names it.
+    """
+    flags = hashlib.sha256(" ".join(str(cmake_args or "").split()).encode()).hexdigest()[:12]
+    return f"llama-cpp-python-{str(version).strip()}-{flags}"
 
 
 def systemd_exec(argv: list[str]) -> str:

@@ -56,6 +56,9 @@ class HostStatus:
         """The checks that made the verdict, in one line (or 'all checks passed')."""
         if self.error:
             return self.error
+        removed = [c for c in self.checks if c.name == "removed"]
+        if self.verdict == "ok" and removed:
+            return removed[0].detail
         worst = [c for c in self.checks if c.level == self.verdict and c.level != "ok"]
         return "; ".join(f"{c.name}: {c.detail}" for c in worst) or "all checks passed"
 
@@ -86,7 +89,13 @@ def probe_config(target: Target, *, deep: bool = False, model: str | None = None
     from ktdeploy import rolevars
 
     v = rolevars.host_vars(target.name, target.hostvars)
-    cfg: dict = {key: str(v[var]) for key, var in _PROBE_VARS}
+    return probe_config_from({var: v[var] for _, var in _PROBE_VARS}, deep=deep, model=model)
+
+
+def probe_config_from(values: dict, *, deep: bool = False, model: str | None = None) -> dict:
+    """The probe's configuration from a host's resolved role variables (_PROBE_VARS: from rolevars, or
+    a play's for the rollout gate); one left empty takes ktdeploy.layout's default on the host."""
+    cfg: dict = {key: str(values[var]) for key, var in _PROBE_VARS if values.get(var)}
     cfg["deep"] = deep
     if model:
         cfg["model"] = model
@@ -168,6 +177,17 @@ def probe_one(target: Target) -> dict:
     return s.probe
 
 
+def judge_output(name: str, stdout: str, stderr: str = "") -> HostStatus:
+    """A verdict from the probe's printed output (the rollout gate runs the probe through Ansible)."""
+    try:
+        probe = json.loads(stdout)
+    except ValueError:
+        tail = (stderr or stdout or "").strip().splitlines()[-3:]
+        return HostStatus(name, name, "failed", error=f"status probe failed: {' | '.join(tail) or 'no output'}")
+    checks = evaluate(probe)
+    return HostStatus(name, name, verdict(checks), checks=checks, probe=probe)
+
+
 def judge(result: HostResult) -> HostStatus:
     t = result.target
     if result.unreachable:
@@ -197,7 +217,13 @@ def exit_code(statuses: list[HostStatus]) -> int:
 def evaluate(probe: dict) -> list[Check]:
     """The checks for one host's probe output (pure: tested from recorded probe outputs)."""
     checks = [Check("probe", "degraded", e) for e in probe.get("errors") or []]
+    if _clean(probe):
+        return checks + [_removed_check(probe["removed"])] + [
+            _service_check(s["role"], s, False) for s in probe.get("services") or [] if s.get("found")]
     checks.append(_stages_check(probe.get("stages") or {}))
+    release = _release_check(probe.get("release"))
+    if release:
+        checks.append(release)
     attention = _attention_check(probe.get("stages") or {})
     if attention:
         checks.append(attention)
@@ -225,6 +251,32 @@ def _stages_check(stages: dict) -> Check:
     if not stages:
         return Check("stages", "ok", "no stage records yet")
     return Check("stages", "ok", "completed: " + ", ".join(sorted(stages)))
+
+
+def _clean(probe: dict) -> bool:
+    """`ktdeploy remove` left its marker and nothing was provisioned since (no stage records)."""
+    removed = probe.get("removed")
+    return isinstance(removed, dict) and bool(removed.get("removed")) and not probe.get("stages")
+
+
+def _removed_check(removed: dict) -> Check:
+    kept = []
+    for item in removed.get("kept") or []:
+        if isinstance(item, dict) and item.get("what"):
+            where = item.get("path") or item.get("name")
+            kept.append(f"{item['what']} {where}" if where else item["what"])
+    return Check("removed", "ok", "clean: ktdeploy was removed" + (f"; kept: {', '.join(kept)}" if kept else ""))
+
+
+def _release_check(release: dict | None) -> Check | None:
+    """The release the API runs (role release), and whether one is kept to roll back to."""
+    if not isinstance(release, dict) or not release.get("current"):
+        return None
+    key = str(release.get("engine_key") or "")
+    build = f" ({release['engine']}{' ' + key[:40] if key else ''})" if release.get("engine") else ""
+    before = f"; {release['previous']} kept to roll back to" if release.get("previous") else "; none kept before it"
+    back = " (rolled back)" if release.get("rolled_back") else ""
+    return Check("release", "ok", f"{release['current']}{build}{back}{before}")
 
 
 def _attention_check(stages: dict) -> Check | None:

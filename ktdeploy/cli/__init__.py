@@ -21,8 +21,11 @@ _COMMANDS = {
     "logs": "status_cmd",
     "preflight": "plan_cmd",
     "provision": "provision_cmd",
+    "remove": "remove_cmd",
     "render": "render_cmd",
+    "rollback": "upgrade_cmd",
     "status": "status_cmd",
+    "upgrade": "upgrade_cmd",
 }
 
 

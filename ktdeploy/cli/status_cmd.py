@@ -47,6 +47,7 @@ def _table(statuses: list[st.HostStatus], deep: bool):
         by = {}
         for c in s.checks:
             by.setdefault(c.name.split(":")[0], []).append(c)
+        by["stages"] = by.get("removed", []) + by.get("stages", []) + by.get("release", [])
         row = [s.name, verdict] + [_cell(by.get(k, [])) for k in ("service", "api", "webui", "download", "stages")]
         if deep:
             row.append(_cell(by.get("completion", []) + by.get("stream", [])))

@@ -32,6 +32,8 @@ def main(argv):
     out = {"probe_version": PROBE_VERSION, "host": host_info(), "errors": []}
     out["stages"] = read_stages(state_dir, out["errors"])
     out["plan"] = read_plan(state_dir, out["stages"], out["errors"])
+    out["release"] = read_release(state_dir, out["errors"])
+    out["removed"] = read_json(os.path.join(state_dir, "removed.json"), out["errors"])
     out["download"] = download_state(cfg, state_dir, out["errors"])
     declared = declared_services(out["stages"])
     specs = cfg.get("services") or declared or cfg["default_services"]
@@ -92,6 +94,23 @@ def read_plan(state_dir, stages, errors):
     if isinstance(plan.get("summary"), dict):
         return plan["summary"]
     return {k: v for k, v in plan.items() if isinstance(v, (str, int, float, bool))}
+
+
+def read_release(state_dir, errors):
+    """The release the API runs and the one kept before it (role release: releases/state.json)."""
+    root = os.path.join(state_dir, "releases")
+    state = read_json(os.path.join(root, "state.json"), errors)
+    if not isinstance(state, dict) or not state.get("history"):
+        return None
+    history = [h for h in state["history"] if isinstance(h, str)]
+    out = {"current": history[0], "previous": history[1] if len(history) > 1 else None,
+           "rolled_back": bool(state.get("rolled_back"))}
+    record = read_json(os.path.join(root, history[0], "release.json"), errors)
+    if isinstance(record, dict):
+        out["engine"] = record.get("engine")
+        out["engine_key"] = record.get("engine_key")
+        out["wheel"] = record.get("wheel") or None
+    return out
 
 
 def read_stages(state_dir, errors):

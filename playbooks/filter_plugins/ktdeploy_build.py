@@ -41,6 +41,7 @@ class FilterModule:
             "ktdeploy_pip_args_text": build.pip_args_text,
             "ktdeploy_build_env": _wrap(build.build_env),
             "ktdeploy_build_stamp": _wrap(_stamp),
+            "ktdeploy_build_steps": _wrap(build.steps),
             "ktdeploy_build_problems": _wrap(build.build_problems),
             "ktdeploy_numa_log_problem": _wrap(build.numa_log_problem),
             "ktdeploy_patch_dir": _wrap(build.version_dir),

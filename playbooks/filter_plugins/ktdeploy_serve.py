@@ -26,4 +26,5 @@ def filters() -> dict:
         "ktdeploy_env_value": serving.env_file_value,
         "ktdeploy_env_parse": serving.env_file_parse,
         "ktdeploy_serve_problems": serving.settings_problems,
+        "ktdeploy_llamacpp_build_key": serving.llamacpp_build_key,
     }

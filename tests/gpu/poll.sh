@@ -17,7 +17,7 @@ while :; do
 done
 if [ -n "${OUT:-}" ] && [ -d "$state/out" ]; then
   tail -c 15000000 "$state/out/run.log" >"$OUT/run.log" 2>/dev/null
-  for f in summary.txt status.json chat.json build.log api.log python-env.json; do
+  for f in summary.txt status.json status2.json status3.json status4.json remove2.txt chat.json build.log api.log python-env.json; do
     [ -f "$state/out/$f" ] && tail -c 15000000 "$state/out/$f" >"$OUT/$f"
   done
 fi

@@ -6,7 +6,8 @@
 #   the machine's torch env, cuda/torch verified, KTransformers v0.2.3post2 built from the offline
 #   archive (or 0.2.1.post1 from the PyPI sdist: KTD_GPU_KT=0.2.1.post1) with the patch series,
 #   served under supervisord) -> status --deep -> chat -> a second
-#   provision that must change nothing and skip the build.
+#   provision that must change nothing and skip the build -> an upgrade (a new server setting, gated
+#   on status --deep), a rollback to the release before, and a removal (models and torch env kept).
 # Long: run it detached and follow it with tests/gpu/poll.sh (the device tool's calls end at 10 min).
 #   setsid bash tests/gpu/run.sh </dev/null >/dev/null 2>&1 &  bash tests/gpu/poll.sh
 # Results: $KTD_GPU_STATE/out (summary.txt, run.log, status.json, ...); $KTD_GPU_STATE/done holds the exit code.
@@ -131,6 +132,26 @@ step "server start-up" restart_ready
 step "status --deep after the restart" bash -c "'$kt' status -i '$state/inventory' --deep --json > '$out/status2.json'"
 
 step "provision again (must change nothing, build skipped by its stamp)" "$kt" provision -i "$state/inventory" --plain
+
+# Releases (opt-in, KTD_GPU_LIFECYCLE=1; not yet run on a GPU): the build's wheel is kept in its stamp's directory; a new
+# server setting rolled out through `ktdeploy upgrade` (gated on status --deep), then rolled back.
+if [ "${KTD_GPU_LIFECYCLE:-0}" = 1 ]; then
+  note "kept wheel: $(ls /srv/ktdeploy/build/wheels/*/ktransformers-*.whl 2>&1 | tr '\n' ' ')"
+  step "upgrade: a new server setting (max_new_tokens 48), gated on status --deep" \
+    "$kt" upgrade -i "$state/inventory" --plain -e serve_ktransformers_max_new_tokens=48
+  step "the new release runs" grep -q -- '--max_new_tokens 48' /etc/supervisor/conf.d/ktdeploy-api.conf
+  step "rollback to the release before, gated on status --deep" "$kt" rollback -i "$state/inventory" gpu0 --plain
+  step "the release before runs again" grep -q -- '--max_new_tokens 64' /etc/supervisor/conf.d/ktdeploy-api.conf
+  step "status --deep after the rollback" bash -c "'$kt' status -i '$state/inventory' --deep --json > '$out/status3.json'"
+  step "rollback again (must change nothing)" "$kt" rollback -i "$state/inventory" gpu0 --plain
+  cp /var/log/ktdeploy/ktdeploy-api.log "$out/api.log" 2>/dev/null
+  step "remove (the models and the machine's torch env stay)" "$kt" remove -i "$state/inventory" gpu0 --yes --plain
+  step "status: clean, naming what was kept" bash -c "'$kt' status -i '$state/inventory' gpu0 --json > '$out/status4.json' &&
+    grep -q 'clean: ktdeploy was removed; kept: models' '$out/status4.json' && grep -q \"existing backend\" '$out/status4.json'"
+  step "the torch env still imports torch" "$py" -c 'import torch'
+  step "remove again (must change nothing)" bash -c "'$kt' remove -i '$state/inventory' gpu0 --yes --plain | tee '$out/remove2.txt' &&
+    grep -Eq '^ *gpu0 +[0-9]+ +0 +0 +0 ' '$out/remove2.txt'"
+fi
 cp /var/log/ktdeploy/ktdeploy-api.log "$out/api.log" 2>/dev/null
 [ -z "$failed_checks" ] || { note "failed checks:$failed_checks"; finish 1; }
 finish 0

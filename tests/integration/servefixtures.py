@@ -96,3 +96,12 @@ def wait_for(predicate, timeout: float, what: str, step: float = 1.0):
             last = exc
         time.sleep(step)
     raise AssertionError(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
+
+
+def copy_dir(host, local: Path, remote: str) -> None:
+    """local's contents into remote on the host, through tar over the lab's SSH (as root)."""
+    tar = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", "."], stdout=subprocess.PIPE)
+    ssh = subprocess.run(host.ssh_argv("root") + [f"mkdir -p {remote} && tar -C {remote} --no-same-owner -xf -"],
+                         stdin=tar.stdout, capture_output=True, timeout=120)
+    tar.stdout.close()
+    assert tar.wait(timeout=60) == 0 and ssh.returncode == 0, ssh.stderr.decode()

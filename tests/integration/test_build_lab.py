@@ -11,6 +11,7 @@ stops before needing it; the checks that involve torch run in the unit tests and
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,11 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
 
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA" not in script and "unset USE_NUMA" in script
+    # the build makes a wheel, kept in a directory of its stamp once it is whole (a rollback reinstalls it)
+    stamp = re.search(r"stamp ([0-9a-f]{64})$", script, re.M).group(1)
+    assert f"wheels={ROOT}/data/build/wheels/{stamp}\n" in script
+    assert re.search(r"-m pip wheel -v --no-build-isolation --no-deps .*--wheel-dir \"\$wheels\.tmp\" \.$", script, re.M)
+    assert script.rstrip().endswith('mv "$wheels.tmp" "$wheels"')
     for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=FANCY", "export TORCH_CUDA_ARCH_LIST=8.9",
                  "export MAX_JOBS=14", "export CMAKE_BUILD_PARALLEL_LEVEL=14", "export CUDA_HOME=/usr/local/cuda"):
         assert line in script
@@ -134,7 +140,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     # nothing half-installed: no build started, no package, no stamp, no build output
     left = lab_host.run(
         f"python3 -c 'import ktransformers' 2>/dev/null && echo imported; ls {ROOT}/state/build; "
-        f"ls -d {tree}/build {tree}.log {tree}.lock 2>/dev/null; true", check=True,
+        f"ls -d {tree}/build {tree}.log {tree}.lock {ROOT}/data/build/wheels 2>/dev/null; true", check=True,
     ).stdout.split()
     assert left == []
 

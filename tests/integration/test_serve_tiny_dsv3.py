@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servefixtures import API, ROOT, lab_extravars, on_host_json, provision, stock_wheelhouse, write_inventory
+from servefixtures import API, ROOT, copy_dir, lab_extravars, on_host_json, provision, stock_wheelhouse, write_inventory
 
 from ktdeploy.lab import tiny_dsv3
 
@@ -23,15 +23,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MODEL = "tiny-dsv3-iq1s"
 HOST_DIR = f"/srv/ktdeploy/models/{MODEL}"  # base_model_dir/<name>, where the profile looks
 PROMPT = "Name three colours of the rainbow and one animal that lives in the sea, please."  # >= 10 tokens
-
-
-def copy_dir(host, local: Path, remote: str) -> None:
-    """local's contents into remote on the host, through tar over the lab's SSH (as root)."""
-    tar = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", "."], stdout=subprocess.PIPE)
-    ssh = subprocess.run(host.ssh_argv("root") + [f"mkdir -p {remote} && tar -C {remote} --no-same-owner -xf -"],
-                         stdin=tar.stdout, capture_output=True, timeout=120)
-    tar.stdout.close()
-    assert tar.wait(timeout=60) == 0 and ssh.returncode == 0, ssh.stderr.decode()
 
 
 @pytest.fixture(scope="module")
