@@ -129,7 +129,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA" not in script and "unset USE_NUMA" in script
     # the build makes a wheel, kept in a directory of its stamp once it is whole (a rollback reinstalls it)
-    stamp = re.search(r"stamp ([0-9a-f]{64})$", script, re.M).group(1)
+    stamp = re.search(r"stamp ([0-9a-f]{64})\"?$", script, re.M).group(1)
     assert f"wheels={ROOT}/data/build/wheels/{stamp}\n" in script
     assert re.search(r"-m pip wheel -v --no-build-isolation --no-deps .*--wheel-dir \"\$wheels\.tmp\" \.$", script, re.M)
     assert script.rstrip().endswith('mv "$wheels.tmp" "$wheels"')
