@@ -94,8 +94,9 @@ def probe_config(target: Target, *, deep: bool = False, model: str | None = None
 
 def probe_config_from(values: dict, *, deep: bool = False, model: str | None = None) -> dict:
     """The probe's configuration from a host's resolved role variables (_PROBE_VARS: from rolevars, or
-    a play's for the rollout gate); one left empty takes ktdeploy.layout's default on the host."""
-    cfg: dict = {key: str(values[var]) for key, var in _PROBE_VARS if values.get(var)}
+    a play's for the rollout gate); one left empty takes ktdeploy.layout's default. Complete: the
+    gate hands it to the probe as it is."""
+    cfg: dict = {**layout.probe_defaults(), **{key: str(values[var]) for key, var in _PROBE_VARS if values.get(var)}}
     cfg["deep"] = deep
     if model:
         cfg["model"] = model

@@ -308,3 +308,18 @@ def test_probe_config_follows_the_role_variables_of_the_host():
     plain = st.probe_config(Target("gpu1", "gpu1"))
     assert (plain["state_dir"], plain["download_lib_dir"], plain["config_dir"]) == (
         layout.STATE_DIR, layout.LIB_DIR, layout.CONFIG_DIR)
+
+
+def test_the_rollout_gates_probe_config_is_complete(tmp_path):
+    """The gate (roles/release) hands probe_config_from's result to the probe as it is, without the
+    defaults probe_script lays under it: the probe must run on it (an empty host: nothing deployed)."""
+    from ktdeploy import layout
+
+    cfg = st.probe_config_from({"base_state_dir": str(tmp_path / "state"), "serve_config_dir": "",
+                                "model_download_lib_dir": "", "model_download_jobs_dir": "", "serve_log_dir": ""},
+                               deep=True)
+    assert set(layout.probe_defaults()) <= set(cfg) and cfg["state_dir"] == str(tmp_path / "state")
+    probe = Path(st.__file__).parent / "hostside" / "status_probe.py"
+    out = subprocess.run([sys.executable, str(probe), json.dumps(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "host" in json.loads(out.stdout)
