@@ -47,14 +47,6 @@ def made_bundle(tmp_path_factory):
     return base / "b", models
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("KTDEPLOY_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(tmp_path / "cp"))
-    monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN_CONNECTION", str(tmp_path / "facts"))
-    return tmp_path
-
-
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))

@@ -23,15 +23,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 FLEET_VARS = {"base_packages": [], "plan_force": True}
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """Own run records, SSH control sockets and fact cache."""
-    monkeypatch.setenv("KTDEPLOY_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(tmp_path / "cp"))
-    monkeypatch.setenv("ANSIBLE_CACHE_PLUGIN_CONNECTION", str(tmp_path / "facts"))
-    return tmp_path
-
-
 def provision(inventory, *args):
     return CliRunner().invoke(main, ["provision", "-i", str(inventory), "--plain", "--only", "base", *args])
 

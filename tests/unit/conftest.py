@@ -29,3 +29,15 @@ def tiny_models(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("tiny-dsv3")
     return {p: tiny_dsv3.write(root / p, p) for p in tiny_dsv3.PROFILES}
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Fails the test if bad input let anything reach a host or Ansible."""
+    from ktdeploy import engine, provisioning
+
+    calls = []
+    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr(provisioning, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append(a))
+    return calls

@@ -13,16 +13,6 @@ from ktdeploy.cli import main
 from ktdeploy.resources import playbooks_dir
 
 
-@pytest.fixture
-def engine_calls(monkeypatch):
-    """Fails the test if bad input let anything reach a host or Ansible."""
-    calls = []
-    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr(provisioning, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
-    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append(a))
-    return calls
-
-
 @pytest.mark.parametrize("argv, says", [
     (["upgrade"], "no target given"),
     (["upgrade", "gpu1", "-i", "inv.yml"], "give hosts or -i INVENTORY, not both"),

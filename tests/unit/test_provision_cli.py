@@ -30,16 +30,6 @@ def site_tags(tmp_path, monkeypatch):
     monkeypatch.setattr(provisioning, "playbooks_dir", lambda: tmp_path)
 
 
-@pytest.fixture
-def engine_calls(monkeypatch):
-    """Fails the test if bad input let anything reach Ansible."""
-    calls = []
-    monkeypatch.setattr(provisioning.connect, "check_hosts", lambda *a, **k: calls.append(a) or [])
-    monkeypatch.setattr(provisioning, "preflight_or_raise", lambda *a, **k: calls.append(a) or {})
-    monkeypatch.setattr(engine, "run_playbook", lambda *a, **k: calls.append(a))
-    return calls
-
-
 def run(*args):
     return CliRunner().invoke(main, ["provision", *args])
 
