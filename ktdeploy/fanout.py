@@ -108,12 +108,10 @@ def _answers(listen: tuple[str, int]) -> bool:
 
 
 def _stop(proc: subprocess.Popen, errors) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    proc.kill()  # only if it ignored the TERM: an exited process is not signalled
+    proc.wait()
     errors.seek(0)
     return errors.read().strip()

@@ -16,7 +16,7 @@ import pytest
 from ktdeploy.hostside import download_job as dj
 from ktdeploy.hostside import download_state as ds
 from ktdeploy.hostside import peer_serve
-from tests.support.fake_hub import CONFIG_REPO, GGUF_REPO, FakeHub, make_config_repo, make_gguf_repo, shard_paths
+from tests.support.fake_hub import CONFIG_REPO, GGUF_REPO, serving_repos, shard_paths
 
 SCRIPT = Path(peer_serve.__file__)
 ITEMS = {"gguf": (GGUF_REPO, ["DeepSeek-R1-UD-IQ1_S/*"], []), "cfg": (CONFIG_REPO, [], ["*.safetensors"])}
@@ -60,9 +60,7 @@ def served(jobs: Path) -> list[dict]:
 def seed(tmp_path_factory):
     """A seed whose two downloads are complete, from the hub once."""
     root = tmp_path_factory.mktemp("fanout")
-    make_gguf_repo(root / "repos")
-    make_config_repo(root / "repos")
-    with FakeHub(root / "repos") as hub:
+    with serving_repos(root / "repos") as hub:
         for name in ITEMS:
             assert fetch(job(root / "seed" / "jobs", root / "seed" / "models", name, hub.mirror_url))["phase"] == "complete"
     yield root / "seed"
