@@ -642,17 +642,18 @@ def check_run(manifest: dict, host_settings: dict[str, dict], given: dict) -> No
                            hint=f"make the bundle with --python-version {want}, or set python_env_python_version")
 
 
-def controller_address(targets, given: str | None = None) -> tuple[str, int]:
-    """(address, port) the hosts reach the controller at: --bundle-address ADDR[:PORT], else the
+def controller_address(targets, given: str | None = None, option: str = "--bundle-address",
+                       default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """(address, port) the hosts reach the controller at: `option`'s ADDR[:PORT], else the
     address this machine sends from towards the hosts (the same for all of them, or BadInput)."""
     import socket
 
     if given:
         from ktdeploy.targets import parse_address
 
-        return parse_address(given, "--bundle-address", DEFAULT_PORT,
-                             "give the controller's address as the hosts reach it, e.g. 10.0.0.1 or 10.0.0.1:8765 "
-                             "([fd00::1]:8765 for IPv6)")
+        return parse_address(given, option, default_port,
+                             f"give the controller's address as the hosts reach it, e.g. 10.0.0.1 or "
+                             f"10.0.0.1:{default_port} ([fd00::1]:{default_port} for IPv6)")
     seen: dict[str, list[str]] = {}
     for t in targets:
         if t.hostvars.get("ansible_connection") == "local":
@@ -665,12 +666,12 @@ def controller_address(targets, given: str | None = None) -> tuple[str, int]:
                 seen.setdefault(s.getsockname()[0], []).append(t.name)
         except OSError as exc:
             raise BadInput(f"cannot tell which address {t.name} reaches this machine at ({exc})",
-                           hint="pass --bundle-address ADDRESS[:PORT]") from exc
+                           hint=f"pass {option} ADDRESS[:PORT]") from exc
     if len(seen) != 1:
         detail = "; ".join(f"{a} for {', '.join(n)}" for a, n in sorted(seen.items()))
         raise BadInput(f"the hosts reach this machine at different addresses ({detail})",
-                       hint="pass --bundle-address with one address every host reaches")
-    return next(iter(seen)), DEFAULT_PORT
+                       hint=f"pass {option} with one address every host reaches")
+    return next(iter(seen)), default_port
 
 
 class Server:

@@ -16,11 +16,39 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from ktdeploy.errors import BadInput, KtdeployError
 from ktdeploy.targets import Target, parse_address
 
 RELAY_WAIT_S = 15.0
+CONTROLLER_PORT = 8766  # as model_download_peer_port's default
+
+
+def prepare(stack: contextlib.ExitStack, targets: list[Target], extravars: dict, *, variant: str | None,
+            source: str, endpoint: str | None, verify: bool, seed: str | None, peer_address: str | None,
+            peer_relay: str | None, controller_dir: Path | None, say) -> None:
+    """The role variables of a `download --fan-out` run into extravars, and on the stack what this
+    machine holds for the run: the relay to the seed, or (controller_dir) its own server."""
+    if controller_dir:
+        if seed or peer_relay:
+            raise BadInput("--controller-seed makes this machine the seed; --seed and --peer-relay name another",
+                           hint="leave them out, or leave out --controller-seed")
+        from ktdeploy import bundle, controller_seed, downloads
+
+        names = controller_seed.download(controller_dir, variant, source, endpoint, say)
+        address, port = bundle.controller_address(targets, peer_address, "--peer-address", CONTROLLER_PORT)
+        server = stack.enter_context(controller_seed.serve(controller_dir, names, address, port))
+        say(f"fan-out: serving {controller_dir} at {server.url} for this run")
+        extravars.update(downloads.download_extravars(variant, "mirror", server.url, verify))
+        return
+    the_seed = pick_seed(targets, seed)
+    port = peer_port(the_seed)
+    relay_to = parse_relay(peer_relay, port)
+    extravars.update(fanout_vars(the_seed, peer_address, relay_to))
+    if relay_to:
+        stack.enter_context(relay(the_seed, relay_to, port))
+        say(f"fan-out: {relay_to[0]}:{relay_to[1]} on this machine relays to {the_seed.name}'s server for this run")
 
 
 def pick_seed(targets: list[Target], name: str | None) -> Target:
@@ -39,7 +67,7 @@ def peer_port(seed: Target) -> int:
     return int(rolevars.host_vars(seed.name, seed.hostvars)["model_download_peer_port"])
 
 
-def extravars(seed: Target, peer_address: str | None, relay: tuple[str, int] | None, poll: int | None) -> dict:
+def fanout_vars(seed: Target, peer_address: str | None, relay: tuple[str, int] | None) -> dict:
     """The role variables of a fan-out from seed, reached at peer_address or through the relay."""
     if peer_address and relay:
         raise BadInput("--peer-address and --peer-relay name two ways to the seed", hint="pass one of them")
@@ -49,8 +77,6 @@ def extravars(seed: Target, peer_address: str | None, relay: tuple[str, int] | N
     if relay:
         host = f"[{relay[0]}]" if ":" in relay[0] else relay[0]
         out.update(model_download_peer_url=f"http://{host}:{relay[1]}", model_download_peer_bind="127.0.0.1")
-    if poll:
-        out["model_download_fanout_poll"] = poll
     return out
 
 

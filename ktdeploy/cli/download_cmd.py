@@ -12,6 +12,7 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -66,11 +67,14 @@ def wait_with_progress(targets: list[Target], variant_name: str | None, plain: b
               "(default: its inventory address).")
 @click.option("--peer-relay", metavar="ADDR[:PORT]", help="The hosts reach only this machine: relay ADDR[:PORT] "
               "of this machine to the seed's server over SSH for the run.")
+@click.option("--controller-seed", "controller_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With --fan-out: this machine is the seed; it downloads into DIR once and serves every host "
+                   "(at --peer-address ADDR[:PORT], default the address it reaches them from, port 8766).")
 @click.option("--json", "as_json", is_flag=True, help="Print the download status as JSON.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live displays.")
 @click.option("-v", "--verbose", is_flag=True, help="Plain lines list skipped tasks too (else the recap counts them).")
 def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, fan_out, seed, peer_address,
-             peer_relay, as_json, plain, verbose):
+             peer_relay, controller_dir, as_json, plain, verbose):
     """Fetch the GGUF variant and the DeepSeek-R1 config files onto HOST... (or the hosts of -i).
 
     Each download runs detached on the host (tmux session `ktd-dl-<name>`, owned by the service
@@ -81,8 +85,8 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, f
     """
     if source == "mirror" and not endpoint:
         raise BadInput("--source mirror needs --endpoint", hint="pass the mirror's base URL or an absolute path")
-    if (seed or peer_address or peer_relay) and not fan_out:
-        raise click.UsageError("--seed, --peer-address and --peer-relay go with --fan-out")
+    if (seed or peer_address or peer_relay or controller_dir) and not fan_out:
+        raise click.UsageError("--seed, --peer-address, --peer-relay and --controller-seed go with --fan-out")
     from ktdeploy import engine, fanout, provisioning
     from ktdeploy.display import make_display
 
@@ -90,27 +94,22 @@ def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, f
     request = provisioning.build_request(hosts, inventory, limit, (), (), (), False)
     provisioning.check_connections(request, lambda line: click.echo(line, err=True))
     display = make_display(plain=plain, out=sys.stderr if as_json else None, verbose=verbose)  # stdout holds only the JSON
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # the relay or this machine's server, for the run
         if fan_out:
-            the_seed = fanout.pick_seed(request.targets, seed)
-            port = fanout.peer_port(the_seed)
-            relay = fanout.parse_relay(peer_relay, port)
-            extravars.update(fanout.extravars(the_seed, peer_address, relay, None))
-            if relay:
-                stack.enter_context(fanout.relay(the_seed, relay, port))
-                click.echo(f"fan-out: {relay[0]}:{relay[1]} on this machine relays to {the_seed.name}'s server "
-                           "for this run", err=True)
-            wait = True  # the play itself waits for the seed, then for the others
+            fanout.prepare(stack, request.targets, extravars, variant=variant, source=source, endpoint=endpoint,
+                           verify=verify, seed=seed, peer_address=peer_address, peer_relay=peer_relay,
+                           controller_dir=controller_dir, say=lambda line: click.echo(line, err=True))
+            wait = True  # a host seed: the play waits for it, then for the others; this machine: we wait
         try:
             result = engine.run_playbook("site.yml", request.inventory, extravars=extravars, tags=["model_download"],
                                          limit=request.limit, on_event=display.event, on_tick=display.tick)
         except KeyboardInterrupt:
             display.stop()
             raise click.Abort() from None
-    display.finish(result)
-    failed = result.exit_code != exitcodes.OK
-    snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait and not failed
-            else downloads.poll(request.targets, variant))  # after a failed play: what the host has
+        display.finish(result)
+        failed = result.exit_code != exitcodes.OK
+        snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait and not failed
+                else downloads.poll(request.targets, variant))  # after a failed play: what the host has
     play_errors = {t.name: "\n".join(ln for ln in result.failure_lines() if ln.startswith(f"{t.name}: "))
                    for t in request.targets} if failed else {}
     if as_json:

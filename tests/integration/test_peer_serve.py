@@ -155,3 +155,19 @@ def test_the_server_exits_by_itself_when_idle(seed):
         assert time.monotonic() < deadline, "the idle server did not exit"
         time.sleep(0.2)
     assert stop(jobs)["action"] == "none"
+
+
+def test_the_controller_as_seed_downloads_once_then_serves(tmp_path):
+    from ktdeploy import controller_seed
+
+    lines: list[str] = []
+    with serving_repos(tmp_path / "repos") as hub:
+        names = controller_seed.download(tmp_path / "ctl", None, "mirror", hub.mirror_url, lines.append)
+        fetched = hub.bytes_sent()
+        hub.clear_log()
+        assert controller_seed.download(tmp_path / "ctl", None, "mirror", hub.mirror_url, lines.append) == names
+        assert hub.requests == [] and len(lines) == 2 and all("is complete" in ln for ln in lines)
+    assert fetched > 9_000_000  # the three shards and the config files, once
+    with controller_seed.serve(tmp_path / "ctl", names, "127.0.0.1", 0) as server:
+        s = fetch(job(tmp_path / "host" / "jobs", tmp_path / "host" / "models", "gguf", server.url))
+    assert s["phase"] == "complete" and s["files_verified"] == 3, s
