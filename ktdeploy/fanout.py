@@ -45,7 +45,9 @@ def prepare(stack: contextlib.ExitStack, targets: list[Target], extravars: dict,
     the_seed = pick_seed(targets, seed)
     port = peer_port(the_seed)
     relay_to = parse_relay(peer_relay, port)
-    extravars.update(fanout_vars(the_seed, peer_address, relay_to))
+    direct = parse_address(peer_address, "--peer-address", port, "give the seed's address as the other hosts "
+                           "reach it, e.g. 192.168.1.11 or 192.168.1.11:8766") if peer_address else None
+    extravars.update(fanout_vars(the_seed, direct, relay_to))
     if relay_to:
         stack.enter_context(relay(the_seed, relay_to, port))
         say(f"fan-out: {relay_to[0]}:{relay_to[1]} on this machine relays to {the_seed.name}'s server for this run")
@@ -67,13 +69,14 @@ def peer_port(seed: Target) -> int:
     return int(rolevars.host_vars(seed.name, seed.hostvars)["model_download_peer_port"])
 
 
-def fanout_vars(seed: Target, peer_address: str | None, relay: tuple[str, int] | None) -> dict:
-    """The role variables of a fan-out from seed, reached at peer_address or through the relay."""
+def fanout_vars(seed: Target, peer_address: tuple[str, int] | None, relay: tuple[str, int] | None) -> dict:
+    """The role variables of a fan-out from seed, reached at peer_address (its server listens on
+    that port) or through the relay."""
     if peer_address and relay:
         raise BadInput("--peer-address and --peer-relay name two ways to the seed", hint="pass one of them")
     out: dict = {"model_download_fanout": True, "model_download_seed": seed.name}
     if peer_address:
-        out["model_download_peer_address"] = peer_address
+        out.update(model_download_peer_address=peer_address[0], model_download_peer_port=peer_address[1])
     if relay:
         host = f"[{relay[0]}]" if ":" in relay[0] else relay[0]
         out.update(model_download_peer_url=f"http://{host}:{relay[1]}", model_download_peer_bind="127.0.0.1")

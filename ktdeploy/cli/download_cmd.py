@@ -63,8 +63,8 @@ def wait_with_progress(targets: list[Target], variant_name: str | None, plain: b
 @click.option("--fan-out", "fan_out", is_flag=True,
               help="Fetch from the source on one host (the seed) only; the others fetch from it. Waits for both.")
 @click.option("--seed", metavar="HOST", help="The host that fetches from the source (default: the first).")
-@click.option("--peer-address", metavar="ADDR", help="The seed's address as the other hosts reach it "
-              "(default: its inventory address).")
+@click.option("--peer-address", metavar="ADDR[:PORT]", help="The seed's address as the other hosts reach it "
+              "(default: its inventory address; port model_download_peer_port, 8766).")
 @click.option("--peer-relay", metavar="ADDR[:PORT]", help="The hosts reach only this machine: relay ADDR[:PORT] "
               "of this machine to the seed's server over SSH for the run.")
 @click.option("--controller-seed", "controller_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",

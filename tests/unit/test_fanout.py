@@ -30,13 +30,14 @@ def test_the_seed_is_the_first_host_or_the_named_one():
 def test_role_variables_direct_or_through_the_relay():
     assert fanout.fanout_vars(HOSTS[0], None, None) == {"model_download_fanout": True,
                                                          "model_download_seed": "gpu1"}
-    assert fanout.fanout_vars(HOSTS[0], "192.168.1.5", None)["model_download_peer_address"] == "192.168.1.5"
+    direct = fanout.fanout_vars(HOSTS[0], ("192.168.1.5", 9100), None)
+    assert direct["model_download_peer_address"] == "192.168.1.5" and direct["model_download_peer_port"] == 9100
     relayed = fanout.fanout_vars(HOSTS[0], None, ("10.203.0.1", 9000))
     assert relayed["model_download_peer_url"] == "http://10.203.0.1:9000"
     assert relayed["model_download_peer_bind"] == "127.0.0.1"  # only the forward reaches the seed's server
     assert fanout.fanout_vars(HOSTS[0], None, ("fd00::1", 9000))["model_download_peer_url"] == "http://[fd00::1]:9000"
     with pytest.raises(BadInput, match="two ways to the seed"):
-        fanout.fanout_vars(HOSTS[0], "192.168.1.5", ("10.203.0.1", 9000))
+        fanout.fanout_vars(HOSTS[0], ("192.168.1.5", 8766), ("10.203.0.1", 9000))
 
 
 def test_relay_address_and_its_default_port():
