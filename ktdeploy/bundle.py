@@ -26,7 +26,6 @@ import html
 import io
 import json
 import os
-import posixpath
 import re
 import shutil
 import subprocess
@@ -643,21 +642,18 @@ def check_run(manifest: dict, host_settings: dict[str, dict], given: dict) -> No
                            hint=f"make the bundle with --python-version {want}, or set python_env_python_version")
 
 
-def controller_address(targets, given: str | None = None) -> tuple[str, int]:
-    """(address, port) the hosts reach the controller at: --bundle-address ADDR[:PORT], else the
+def controller_address(targets, given: str | None = None, option: str = "--bundle-address",
+                       default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """(address, port) the hosts reach the controller at: `option`'s ADDR[:PORT], else the
     address this machine sends from towards the hosts (the same for all of them, or BadInput)."""
     import socket
 
     if given:
-        text = given.strip()
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", text) or \
-            re.fullmatch(r"([A-Za-z0-9.-]+)(?::(\d{1,5}))?", text) or re.fullmatch(r"([0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)()", text)
-        port = int(m.group(2)) if m and m.group(2) else DEFAULT_PORT
-        if not m or not 0 < port < 65536:
-            raise BadInput(f"--bundle-address {given!r} is not ADDRESS[:PORT]",
-                           hint="give the controller's address as the hosts reach it, e.g. 10.0.0.1 or 10.0.0.1:8765 "
-                                "([fd00::1]:8765 for IPv6)")
-        return m.group(1), port
+        from ktdeploy.targets import parse_address
+
+        return parse_address(given, option, default_port,
+                             f"give the controller's address as the hosts reach it, e.g. 10.0.0.1 or "
+                             f"10.0.0.1:{default_port} ([fd00::1]:{default_port} for IPv6)")
     seen: dict[str, list[str]] = {}
     for t in targets:
         if t.hostvars.get("ansible_connection") == "local":
@@ -670,12 +666,12 @@ def controller_address(targets, given: str | None = None) -> tuple[str, int]:
                 seen.setdefault(s.getsockname()[0], []).append(t.name)
         except OSError as exc:
             raise BadInput(f"cannot tell which address {t.name} reaches this machine at ({exc})",
-                           hint="pass --bundle-address ADDRESS[:PORT]") from exc
+                           hint=f"pass {option} ADDRESS[:PORT]") from exc
     if len(seen) != 1:
         detail = "; ".join(f"{a} for {', '.join(n)}" for a, n in sorted(seen.items()))
         raise BadInput(f"the hosts reach this machine at different addresses ({detail})",
-                       hint="pass --bundle-address with one address every host reaches")
-    return next(iter(seen)), DEFAULT_PORT
+                       hint=f"pass {option} with one address every host reaches")
+    return next(iter(seen)), default_port
 
 
 class Server:
@@ -692,84 +688,27 @@ class Server:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"http://{host}:{self.port}"
 
+    def _resolve(self, rel: str) -> Path | None:
+        if rel.endswith("/"):  # a folder: its index page (pip's --find-links reads wheels/)
+            rel += "index.html"
+        return self.root / rel if rel in self.files else None
+
     def __enter__(self) -> "Server":
-        import socket
-        import threading
-        from http.server import ThreadingHTTPServer
+        from ktdeploy.hostside.file_server import FileServer
 
-        handler = _handler(self.root, self.files, self.served)
-
-        class _Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-            daemon_threads = True
-
+        self.httpd = FileServer(self._resolve, self.address, self.port, name="bundle-server",
+                                on_request=lambda status, path, *_: self.served.append(f"{status} {path}"))
         try:
-            self.httpd = _Server((self.address, self.port), handler)
+            self.httpd.start()
+            self.port = self.httpd.port  # port 0 picks a free one
         except OSError as exc:
             raise BadInput(f"cannot serve the bundle on {self.address}:{self.port} ({exc.strerror or exc})",
                            hint="pass --bundle-address with an address of this machine the hosts reach, and a free port") from exc
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="bundle-server", daemon=True)
-        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
     @property
     def requests(self) -> int:
         return len(self.served)
-
-
-def _handler(root: Path, files: set[str], served: list[str]):
-    from http.server import BaseHTTPRequestHandler
-    from urllib.parse import unquote, urlsplit
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format, *args):  # noqa: A002 - the base class's name
-            pass
-
-        def _path(self) -> Path | None:
-            raw = unquote(urlsplit(self.path).path)
-            rel = posixpath.normpath(raw).lstrip("/")
-            if raw.endswith("/"):  # a folder: its index page (pip's --find-links reads wheels/)
-                rel = f"{rel}/index.html"
-            return root / rel if rel in files else None
-
-        def do_HEAD(self):  # noqa: N802 - http.server's naming
-            self._send(body=False)
-
-        def do_GET(self):  # noqa: N802
-            self._send(body=True)
-
-        def _send(self, body: bool) -> None:
-            path = self._path()
-            if path is None or not path.is_file():
-                served.append(f"404 {self.path}")
-                self.send_error(404)
-                return
-            size = path.stat().st_size
-            start, end, status = 0, size - 1, 200
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-            if m and int(m.group(1)) < size:
-                start, end, status = int(m.group(1)), min(int(m.group(2) or size - 1), size - 1), 206
-            served.append(f"{status} {self.path}")
-            self.send_response(status)
-            self.send_header("Content-Length", str(end - start + 1))
-            self.send_header("Accept-Ranges", "bytes")
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.send_header("Content-Type", "text/html" if path.suffix == ".html" else "application/octet-stream")
-            self.end_headers()
-            if not body:
-                return
-            with open(path, "rb") as f:
-                f.seek(start)
-                left = end - start + 1
-                while left > 0 and (block := f.read(min(1 << 20, left))):
-                    self.wfile.write(block)
-                    left -= len(block)
-
-    return Handler

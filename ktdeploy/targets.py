@@ -72,6 +72,18 @@ def port_number(value) -> int | None:
     return port if 0 < port < 65536 else None
 
 
+def parse_address(text: str, option: str, default_port: int, hint: str) -> tuple[str, int]:
+    """ADDRESS[:PORT] or [V6ADDRESS][:PORT] (a bare IPv6 address too) as (address, port); BadInput
+    naming the option otherwise."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", text) or \
+        re.fullmatch(r"([A-Za-z0-9.-]+)(?::(\d{1,5}))?", text) or re.fullmatch(r"([0-9A-Fa-f:]+:[0-9A-Fa-f:.]*)()", text)
+    port = int(m.group(2)) if m and m.group(2) else default_port
+    if not m or not 0 < port < 65536:
+        raise BadInput(f"{option} {text!r} is not ADDRESS[:PORT]", hint=hint)
+    return m.group(1), port
+
+
 def parse_target(spec: str) -> Target:
     """`local` (this machine), HOST, USER@HOST, USER@HOST:PORT or [v6addr]:PORT."""
     if spec.strip() == LOCAL:

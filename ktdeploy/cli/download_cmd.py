@@ -8,9 +8,11 @@ this command fills its items from the catalog, runs it, then reads the host-side
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -58,35 +60,56 @@ def wait_with_progress(targets: list[Target], variant_name: str | None, plain: b
                    "or absolute path on the host; an http(s) URL with a host.")
 @click.option("--wait", is_flag=True, help="Stay until every download has finished, with a live progress bar.")
 @click.option("--verify", is_flag=True, help="Hash every file again, even those already verified.")
+@click.option("--fan-out", "fan_out", is_flag=True,
+              help="Fetch from the source on one host (the seed) only; the others fetch from it. Waits for both.")
+@click.option("--seed", metavar="HOST", help="The host that fetches from the source (default: the first).")
+@click.option("--peer-address", metavar="ADDR[:PORT]", help="The seed's address as the other hosts reach it "
+              "(default: its inventory address; port model_download_peer_port, 8766).")
+@click.option("--peer-relay", metavar="ADDR[:PORT]", help="The hosts reach only this machine: relay ADDR[:PORT] "
+              "of this machine to the seed's server over SSH for the run.")
+@click.option("--controller-seed", "controller_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="With --fan-out: this machine is the seed; it downloads into DIR once and serves every host "
+                   "(at --peer-address ADDR[:PORT], default the address it reaches them from, port 8766).")
 @click.option("--json", "as_json", is_flag=True, help="Print the download status as JSON.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live displays.")
 @click.option("-v", "--verbose", is_flag=True, help="Plain lines list skipped tasks too (else the recap counts them).")
-def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, as_json, plain, verbose):
+def download(hosts, inventory, limit, variant, source, endpoint, wait, verify, fan_out, seed, peer_address,
+             peer_relay, controller_dir, as_json, plain, verbose):
     """Fetch the GGUF variant and the DeepSeek-R1 config files onto HOST... (or the hosts of -i).
 
     Each download runs detached on the host (tmux session `ktd-dl-<name>`, owned by the service
     user), so it survives a dropped SSH session; re-running resumes a failed one and skips a
-    complete one. Exit codes: 0 ok, 1 a download failed, 2 bad input, 3 a host unreachable.
+    complete one. With --fan-out only the seed fetches from the source; when it is done it serves
+    its verified files, the other hosts fetch them from it (sha256-checked, resumable), then its
+    server stops. Exit codes: 0 ok, 1 a download failed, 2 bad input, 3 a host unreachable.
     """
     if source == "mirror" and not endpoint:
         raise BadInput("--source mirror needs --endpoint", hint="pass the mirror's base URL or an absolute path")
-    from ktdeploy import engine, provisioning
+    if (seed or peer_address or peer_relay or controller_dir) and not fan_out:
+        raise click.UsageError("--seed, --peer-address, --peer-relay and --controller-seed go with --fan-out")
+    from ktdeploy import engine, fanout, provisioning
     from ktdeploy.display import make_display
 
     extravars = downloads.download_extravars(variant, source, endpoint, verify)
     request = provisioning.build_request(hosts, inventory, limit, (), (), (), False)
     provisioning.check_connections(request, lambda line: click.echo(line, err=True))
     display = make_display(plain=plain, out=sys.stderr if as_json else None, verbose=verbose)  # stdout holds only the JSON
-    try:
-        result = engine.run_playbook("site.yml", request.inventory, extravars=extravars, tags=["model_download"],
-                                     limit=request.limit, on_event=display.event, on_tick=display.tick)
-    except KeyboardInterrupt:
-        display.stop()
-        raise click.Abort() from None
-    display.finish(result)
-    failed = result.exit_code != exitcodes.OK
-    snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait and not failed
-            else downloads.poll(request.targets, variant))  # after a failed play: what the host has
+    with contextlib.ExitStack() as stack:  # the relay or this machine's server, for the run
+        if fan_out:
+            fanout.prepare(stack, request.targets, extravars, variant=variant, source=source, endpoint=endpoint,
+                           verify=verify, seed=seed, peer_address=peer_address, peer_relay=peer_relay,
+                           controller_dir=controller_dir, say=lambda line: click.echo(line, err=True))
+            wait = True  # a host seed: the play waits for it, then for the others; this machine: we wait
+        try:
+            result = engine.run_playbook("site.yml", request.inventory, extravars=extravars, tags=["model_download"],
+                                         limit=request.limit, on_event=display.event, on_tick=display.tick)
+        except KeyboardInterrupt:
+            display.stop()
+            raise click.Abort() from None
+        display.finish(result)
+        failed = result.exit_code != exitcodes.OK
+        snap = (wait_with_progress(request.targets, variant, plain or as_json) if wait and not failed
+                else downloads.poll(request.targets, variant))  # after a failed play: what the host has
     play_errors = {t.name: "\n".join(ln for ln in result.failure_lines() if ln.startswith(f"{t.name}: "))
                    for t in request.targets} if failed else {}
     if as_json:

@@ -18,7 +18,7 @@ import yaml
 
 from ktdeploy import engine
 from ktdeploy.resources import roles_dir
-from tests.support.fake_hub import CONFIG_REPO, GGUF_REPO, FakeHub, make_config_repo, make_gguf_repo, shard_paths
+from tests.support.fake_hub import CONFIG_REPO, GGUF_REPO, serving_repos, shard_paths
 
 pytestmark = pytest.mark.lab
 
@@ -37,10 +37,7 @@ def client_pins() -> list[str]:
 
 @pytest.fixture(scope="module")
 def hub(lab, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hub")
-    make_gguf_repo(root)
-    make_config_repo(root)
-    with FakeHub(root, host=CONTROLLER) as h:
+    with serving_repos(tmp_path_factory.mktemp("hub"), CONTROLLER) as h:
         yield h
 
 

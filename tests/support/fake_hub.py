@@ -28,6 +28,8 @@ import random
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -217,6 +219,17 @@ class FakeHub:
     def log(self, served: Served) -> None:
         with self._lock:
             self.requests.append(served)
+
+
+@contextmanager
+def serving_repos(root: Path, host: str = "127.0.0.1", throttle_bps: int | None = None,
+                  **gguf) -> Iterator[FakeHub]:
+    """The GGUF repo (make_gguf_repo with `gguf`'s arguments) and the config repo made under root,
+    served on host for the length of the block."""
+    make_gguf_repo(root, **gguf)
+    make_config_repo(root)
+    with FakeHub(root, host=host, throttle_bps=throttle_bps) as hub:
+        yield hub
 
 
 def _entry(path: str, kind: str, size: int, sha: str) -> dict:

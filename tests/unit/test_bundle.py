@@ -243,7 +243,6 @@ def test_provision_refuses_a_run_that_does_not_fit_the_bundle(small_bundle, monk
 def test_the_server_serves_the_manifest_files_only_with_ranges(small_bundle):
     manifest = bundle.verify(small_bundle)
     with bundle.Server(small_bundle, manifest, "127.0.0.1", 0) as server:
-        server.port = server.httpd.server_address[1]
         index = urllib.request.urlopen(f"{server.url}/wheels/").read().decode()
         assert 'href="pkg-1.0-py3-none-any.whl#sha256=' in index
         part = urllib.request.urlopen(urllib.request.Request(f"{server.url}/debs/./pkg_1.0_all.deb",

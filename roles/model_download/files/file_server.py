@@ -1,0 +1,1 @@
+../../../ktdeploy/hostside/file_server.py

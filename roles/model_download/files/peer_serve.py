@@ -1,0 +1,1 @@
+../../../ktdeploy/hostside/peer_serve.py
