@@ -85,7 +85,10 @@ def test_the_gate_filters_judge_as_status_does(tmp_path):
     assert filters["ktdeploy_hostside"]("status_probe.py").endswith("ktdeploy/hostside/status_probe.py")
     cfg = filters["ktdeploy_probe_config"]({"base_state_dir": str(tmp_path), "model_download_lib_dir": "",
                                             "model_download_jobs_dir": "/j"})
-    assert cfg == {"state_dir": str(tmp_path), "deep": True, "downloads_dir": "/j"}
+    from ktdeploy import layout
+
+    # complete: the gate hands it to the probe without the defaults probe_script lays under it
+    assert cfg == {**layout.probe_defaults(), "state_dir": str(tmp_path), "deep": True, "downloads_dir": "/j"}
     (tmp_path / "removed.json").write_text(json.dumps(REMOVED))
     probe = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
     assert filters["ktdeploy_status_judge"](json.dumps(probe))["verdict"] == "ok"
