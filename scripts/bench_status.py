@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from ktdeploy import status as st  # noqa: E402
 from ktdeploy.lab import Lab  # noqa: E402
+from ktdeploy.lab.hosts import proc_stats  # noqa: E402
 from tests.converge import role_vars  # noqa: E402
 from tests.support import lab_serving as ls  # noqa: E402
 
@@ -57,23 +58,12 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def _procs():
-    """(proc dir, stat fields after the command name) of every process."""
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            yield p, stat[stat.rindex(")") + 2:].split()
-
-
 def lab_namespaces(lab, hosts) -> set[str]:
     """The PID namespaces of these lab hosts: those of the children of their systemd-nspawn."""
     groups = {(lab.paths.host_dir(h.index) / "pid").read_text().split()[0] for h in hosts}
-    nspawn = {p.name for p, f in _procs() if f[2] in groups and (p / "comm").read_text().strip() == "systemd-nspawn"}
+    nspawn = {p.name for p, f in proc_stats() if f[2] in groups and (p / "comm").read_text().strip() == "systemd-nspawn"}
     out = set()
-    for p, f in _procs():
+    for p, f in proc_stats():
         if f[1] in nspawn:
             out.add(os.readlink(p / "ns/pid"))
     if len(out) != len(hosts):
@@ -84,7 +74,7 @@ def lab_namespaces(lab, hosts) -> set[str]:
 def lab_cpu(namespaces: set[str]) -> float:
     """CPU seconds used so far by the lab hosts' processes (user + sys, with their reaped children)."""
     total = 0
-    for p, f in _procs():
+    for p, f in proc_stats():
         try:
             if os.readlink(p / "ns/pid") in namespaces:
                 total += sum(int(x) for x in f[11:15])
@@ -101,7 +91,7 @@ def settle(namespaces: set[str], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sshd = 0
-        for p, _ in _procs():
+        for p, _ in proc_stats():
             try:
                 if os.readlink(p / "ns/pid") in namespaces and (p / "comm").read_text().strip() == "sshd":
                     sshd += 1

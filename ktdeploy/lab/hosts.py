@@ -151,18 +151,20 @@ def log_tail(paths: LabPaths, n: int, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def group_members(pgid: int) -> list[int]:
-    out = []
+def proc_stats():
+    """(proc dir, the fields of its stat after the command name) of every process now running."""
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
                 stat = (p / "stat").read_text()
             except OSError:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":  # a zombie is gone, only not yet reaped
-                out.append(int(p.name))
-    return out
+            yield p, stat.rsplit(")", 1)[1].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    # fields[0] is the state: a zombie is gone, only not yet reaped
+    return [int(p.name) for p, fields in proc_stats() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _loop_group(d: Path) -> int | None:
