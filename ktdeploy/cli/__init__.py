@@ -29,6 +29,11 @@ _COMMANDS = {
 }
 
 
+def say(line: str) -> None:
+    """A progress or warning line for the user, on stderr (stdout carries results such as --json)."""
+    click.echo(line, err=True)
+
+
 class _ShownError(click.ClickException):
     """A KtdeployError as Click shows errors: `Error: <message>` on stderr, its exit code."""
 

@@ -10,10 +10,8 @@ import click
 
 from ktdeploy import bundle, catalog, profiles, provisioning
 from ktdeploy.targets import targets_from_inventory
+from ktdeploy.cli import say
 
-
-def say(line: str) -> None:
-    click.echo(line, err=True)
 
 
 @click.group("bundle", short_help="Make or check an offline bundle for hosts that reach nothing but the controller.")

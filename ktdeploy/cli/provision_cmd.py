@@ -15,14 +15,12 @@ import click
 
 from ktdeploy import bundle, engine, fleet, provisioning
 from ktdeploy.display import make_display
+from ktdeploy.cli import say
 
 
 MODEL_POLL_SECONDS = 3.0
 MODEL_REPORT_SECONDS = 30.0
 
-
-def say(line: str) -> None:
-    click.echo(line, err=True)
 
 
 @click.command("provision", short_help="Check hosts can be reached, then converge them with site.yml.")

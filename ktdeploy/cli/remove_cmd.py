@@ -9,10 +9,8 @@ import click
 from ktdeploy import engine, lifecycle, provisioning
 from ktdeploy.display import make_display
 from ktdeploy.errors import BadInput
+from ktdeploy.cli import say
 
-
-def say(line: str) -> None:
-    click.echo(line, err=True)
 
 
 @click.command("remove", short_help="Remove the deployment from hosts (models kept unless --purge-models).")

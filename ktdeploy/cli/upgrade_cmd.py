@@ -13,10 +13,8 @@ import click
 
 from ktdeploy import engine, lifecycle, provisioning
 from ktdeploy.display import make_display
+from ktdeploy.cli import say
 
-
-def say(line: str) -> None:
-    click.echo(line, err=True)
 
 
 def _run(playbook: str, request, plain: bool, command: str, rollout_play: int) -> None:
