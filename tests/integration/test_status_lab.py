@@ -60,7 +60,9 @@ def test_status_of_four_hosts_in_mixed_states(lab_hosts, tmp_path):
     jsonschema.validate(doc, schema())
     by = {h["name"]: h for h in doc["hosts"]}
     assert r.returncode == 3 and doc["verdict"] == "unreachable" and doc["exit_code"] == 3, r.stderr
-    assert by[down.name]["verdict"] == "unreachable" and "SSH" in by[down.name]["error"]
+    assert by[down.name]["verdict"] == "unreachable" and any(
+        cause in by[down.name]["error"]
+        for cause in ("SSH refused the connection", "SSH connection timed out", "no network route to the host"))
     # a unit that exits at once is restarted until systemd's start limit stops it: status names the limit
     assert by[failed.name]["verdict"] == "failed" and "ktdeploy-api hit its start limit" in by[failed.name]["summary"]
     mid = by[downloading.name]
