@@ -90,6 +90,16 @@ def environment(cls=jinja2.Environment):
     return env
 
 
+@cache
+def _native_environment():
+    return environment(NativeEnvironment)
+
+
+@cache
+def _compiled(source: str):
+    return _native_environment().from_string(source)
+
+
 class LazyVars(Mapping):
     """Variables whose string values are templates, rendered on first access (cycles reported)."""
 
@@ -97,7 +107,7 @@ class LazyVars(Mapping):
         self.raw = raw
         self.done: dict = {}
         self.busy: set[str] = set()
-        self.native = environment(NativeEnvironment)
+        self.native = _native_environment()
 
     def __getitem__(self, key):
         if key in self.done:
@@ -117,7 +127,7 @@ class LazyVars(Mapping):
     def _resolve(self, value, key):
         if isinstance(value, str) and ("{{" in value or "{%" in value):
             try:
-                tmpl = self.native.from_string(value)
+                tmpl = _compiled(value)
                 out = native_concat(tmpl.root_render_func(tmpl.new_context(self, shared=True)))
             except jinja2.UndefinedError as e:
                 raise BadInput(f"variable {key}: {e}", hint="define it in the inventory, a profile or with -e KEY=VALUE") from e
@@ -136,11 +146,16 @@ class LazyVars(Mapping):
 
 
 def role_layers() -> dict:
+    paths = [resources.roles_dir() / role / kind / "main.yml" for role, kind in ROLE_LAYERS]
+    return dict(_parsed_layers(tuple((p, p.stat().st_mtime_ns) for p in paths if p.is_file())))
+
+
+@cache
+def _parsed_layers(files: tuple) -> dict:
+    """Parsed once per process (per file version): a fleet asks for every host's variables."""
     merged: dict = {}
-    for role, kind in ROLE_LAYERS:
-        path = resources.roles_dir() / role / kind / "main.yml"
-        if path.is_file():
-            merged.update(yaml.safe_load(path.read_text()) or {})
+    for path, _mtime in files:
+        merged.update(yaml.safe_load(path.read_text()) or {})
     return merged
 
 

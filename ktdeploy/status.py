@@ -154,10 +154,12 @@ def collect(
 ) -> list[HostStatus]:
     """Probe every target in parallel and judge each; one bad host never hides the others."""
     timeout = 150 if deep else 30
+    # worked out here, before the threads: each host's first resolve would parse the role defaults anew
+    configs = {id(t): probe_config(t, deep=deep, model=model) for t in targets}
 
     def one(t: Target) -> tuple[dict, float]:
         t0 = time.monotonic()
-        probe = run_probe(t, probe_config(t, deep=deep, model=model), connect_timeout=connect_timeout, timeout=timeout)
+        probe = run_probe(t, configs[id(t)], connect_timeout=connect_timeout, timeout=timeout)
         return probe, time.monotonic() - t0
 
     return [judge(r) for r in on_hosts(targets, one)]
