@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 BLOCK = 1 << 20
 # resolve(relative path, without the leading "/"; a folder ends with "/") -> the file, or None
 Resolve = Callable[[str], "Path | None"]
-# on_request(status, raw path, first byte, body bytes sent)
-OnRequest = Callable[[int, str, int, int], None]
+# on_request(status, raw path, first byte, body bytes sent, client address)
+OnRequest = Callable[[int, str, int, int, str], None]
 
 
 def relative(raw_path: str) -> str:
@@ -110,7 +110,7 @@ def _handler(server: FileServer):
         def _answer(self, body: bool) -> None:
             path = server.resolve(relative(self.path))
             if path is None or not path.is_file():
-                server.on_request(404, self.path, 0, 0)
+                server.on_request(404, self.path, 0, 0, self.client_address[0])
                 self.send_error(404)
                 return
             size = path.stat().st_size
@@ -126,7 +126,7 @@ def _handler(server: FileServer):
             self.send_header("Content-Type", "text/html" if path.suffix == ".html" else "application/octet-stream")
             self.end_headers()
             sent = self._body(path, start, end - start + 1) if body else 0
-            server.on_request(status, self.path, start, sent)
+            server.on_request(status, self.path, start, sent, self.client_address[0])
 
         def _body(self, path: Path, start: int, left: int) -> int:
             sent, began = 0, time.monotonic()

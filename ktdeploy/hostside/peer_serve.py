@@ -126,8 +126,9 @@ def start(jobs_dir: Path, names: list[str], bind: str, port: int, max_rate: int,
     (peer_dir / "requests.log").write_text("")
     log_lock = threading.Lock()
 
-    def log(status: int, path: str, first: int, sent: int) -> None:
-        line = json.dumps({"t": round(time.time(), 3), "status": status, "path": path, "start": first, "sent": sent})
+    def log(status: int, path: str, first: int, sent: int, client: str) -> None:
+        line = json.dumps({"t": round(time.time(), 3), "status": status, "path": path, "start": first, "sent": sent,
+                           "client": client})
         with log_lock, open(peer_dir / "requests.log", "a") as f:
             f.write(line + "\n")
 

@@ -135,6 +135,10 @@ class Lab:
     def host(self, n: int) -> LabHost:
         return LabHost(n, self.paths.key, self.paths.host_dir(n))
 
+    def join_lan(self, members: list[LabHost]) -> None:
+        """These hosts reach one another from now on, as on a LAN (net.join_lan)."""
+        net.join_lan([h.index for h in members])
+
     def ssh_argv(self, n: int, user: str = "deploy") -> list[str]:
         return self.host(n).ssh_argv(user)
 

@@ -1,7 +1,8 @@
 """Network plumbing: one netns per host, a veth pair into it, and the controller address on lo.
 
 Inside netns ktlabN the host has 10.203.N.2/30 and a single /32 route to CONTROLLER_IP through the
-controller's end of the veth; no default route, so it reaches nothing else (not other lab hosts).
+controller's end of the veth; no default route, so it reaches nothing else (not other lab hosts,
+unless `join_lan` routes a group of them to one another through the controller, as on a LAN).
 On the controller the whole lab range is an `unreachable` route: the address of a host that is down
 fails at once with "no route to host" instead of leaving through the default route (where a
 transparent proxy may answer on any port).
@@ -66,6 +67,19 @@ def wire_netns(n: int) -> None:
     ip("-n", ns, "link", "set", inner, "up")
     ip("-n", ns, "link", "set", "lo", "up")
     ip("-n", ns, "route", "add", f"{CONTROLLER_IP}/32", "via", gateway_address(n))
+
+
+def join_lan(indexes: list[int]) -> None:
+    """Let these hosts reach one another (and nothing more) through the controller: a /32 route in
+    each to every other, and forwarding on their veths only (the machine's ip_forward stays as it
+    is). It all goes with the hosts' veths and netns."""
+    for n in indexes:
+        outer = veth_names(n)[0]
+        with open(f"/proc/sys/net/ipv4/conf/{outer}/forwarding", "w") as f:
+            f.write("1\n")
+        for other in indexes:
+            if other != n:
+                ip("-n", netns_name(n), "route", "replace", f"{host_address(other)}/32", "via", gateway_address(n))
 
 
 def delete_netns(n: int) -> None:

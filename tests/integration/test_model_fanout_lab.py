@@ -1,8 +1,9 @@
 """`ktdeploy download --fan-out --peer-relay` on three lab hosts: the fake hub (on the controller
 address) serves each file once, to the seed; the other two fetch from the seed through an SSH
 forward on the controller (lab hosts reach only the controller, not each other). Then a transfer
-from the seed killed midway resumes, and a file corrupted on the seed is refused by the host that
-fetches it. Real roles, real ansible-playbook, real sshd."""
+from the seed killed midway resumes, a file corrupted on the seed is refused by the host that
+fetches it, the controller serves as the seed, and hosts joined into a LAN fetch from the seed's own
+address with no relay. Real roles, real ansible-playbook, real sshd."""
 
 from __future__ import annotations
 
@@ -185,3 +186,29 @@ def test_the_controller_as_seed(hosts, hub, tmp_path):
     truth = {p: hub.sha256(hub.repo_dir(GGUF_REPO) / p) for p in shard_paths()}
     for h in hosts:
         assert status(h)[SHARDS]["phase"] == "complete" and sums(h, shard_paths()) == truth
+
+
+def reaches(host, other) -> bool:
+    return host.run(f"timeout 3 bash -c '</dev/tcp/{other.address}/22'", timeout=30).returncode == 0
+
+
+def test_hosts_on_a_lan_fetch_from_the_seed_directly(lab, hosts, hub, tmp_path):
+    hub.clear_log()
+    seed = hosts[0]
+    assert not reaches(hosts[1], seed)  # lab hosts are fenced from each other...
+    lab.join_lan(hosts)
+    assert reaches(hosts[1], seed) and reaches(hosts[2], seed)  # ...until they share a LAN
+    for h in hosts[1:]:
+        h.run(f"rm -rf {GGUF_DIR} {JOBS}/{SHARDS}", check=True, timeout=30)
+    argv = [str(Path(sys.executable).with_name("ktdeploy")), "download", "-i",
+            str(write_inventory(tmp_path / "hosts.yml", hosts)), "--source", "mirror", "--endpoint", hub.mirror_url,
+            "--fan-out", "--seed", seed.name, "--plain"]  # no relay: the seed's own address, as on a LAN
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "relays" not in r.stderr
+    truth = {p: hub.sha256(hub.repo_dir(GGUF_REPO) / p) for p in shard_paths()}
+    for h in hosts[1:]:
+        assert status(h)[SHARDS]["phase"] == "complete" and sums(h, shard_paths()) == truth
+    bodies = [x for x in seed_requests(seed) if x["sent"] and SHARDS in x["path"] and not x["path"].endswith("SUMS")]
+    assert sorted(x["client"] for x in bodies) == sorted(h.address for h in hosts[1:] for _ in shard_paths())
+    assert hub.bytes_sent() == 0  # the seed was complete: the hub was not asked

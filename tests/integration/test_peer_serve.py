@@ -87,6 +87,7 @@ def test_a_host_fetches_the_seeds_verified_files_from_it(seed, tmp_path):
              for f in ds.read_json(jobs / name / "manifest.json")["files"]}
     bodies = [r for r in served(jobs) if r["sent"] and not r["path"].endswith("SHA256SUMS")]
     assert sorted(r["path"].lstrip("/") for r in bodies) == sorted(files)  # each file once
+    assert {r["client"] for r in served(jobs)} == {"127.0.0.1"}  # who fetched it, for the operator
     assert sum(r["sent"] for r in bodies) == sum(files.values())
     assert done["action"] == "stopped" and done["bytes_sent"] >= sum(files.values())
     assert stop(jobs)["action"] == "none"  # nothing left running
