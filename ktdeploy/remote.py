@@ -190,28 +190,24 @@ def not_ssh_reason(host: str, port: int, timeout: float = 3.0) -> str | None:
 
 def _ssh_failure(target: Target, exc: BaseException, reason_timeout: float = 3.0) -> str | None:
     """For an SSH handshake that failed: one line naming a port that is not an SSH server, else None.
-    For OpenSSH's own failures, its message turned into a cause and fix."""
+    For OpenSSH's own failures, its message turned into a cause and fix, as the connection check does."""
     import paramiko
 
     if isinstance(exc, SshFailure):
-        if not re.search(r"kex_exchange_identification|banner exchange|Connection (reset|closed) by", str(exc)):
-            return _explained(target, str(exc))
-    elif isinstance(exc, paramiko.AuthenticationException) or not isinstance(exc, (paramiko.SSHException, EOFError)):
+        from ktdeploy.connect import explain, not_ssh_problem  # connect builds on this module
+
+        hv = {**target.hostvars, "ansible_host": target.host, "ansible_port": ssh_port(target)}
+        cause, fix = not_ssh_problem(str(exc), hv, target.host) or explain(
+            str(exc), user=target.user or hv.get("ansible_user"), port=ssh_port(target), host=target.host)
+        return f"{cause} (fix: {fix})"
+    if isinstance(exc, paramiko.AuthenticationException) or not isinstance(exc, (paramiko.SSHException, EOFError)):
         return None
     port = ssh_port(target)
     reason = not_ssh_reason(target.host, port, timeout=reason_timeout)
     if reason is None:
-        return _explained(target, str(exc)) if isinstance(exc, SshFailure) else None
+        return None
     return (f"port {port} on {target.host} answers but is not an SSH server ({reason}); "
             "name the host's SSH port as USER@HOST:PORT, or set ansible_port in the inventory")
-
-
-def _explained(target: Target, message: str) -> str:
-    from ktdeploy.connect import explain  # connect builds on this module
-
-    cause, fix = explain(message, user=target.user or target.hostvars.get("ansible_user"), port=ssh_port(target),
-                         host=target.host)
-    return f"{cause} (fix: {fix})"
 
 
 def on_hosts(targets: list[Target], fn: Callable[[Target], T], max_workers: int = 64) -> list[HostResult]:

@@ -107,7 +107,6 @@ class LazyVars(Mapping):
         self.raw = raw
         self.done: dict = {}
         self.busy: set[str] = set()
-        self.native = _native_environment()
 
     def __getitem__(self, key):
         if key in self.done:
