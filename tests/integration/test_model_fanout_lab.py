@@ -68,10 +68,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def download_argv(inventory: Path, hub: FakeHub, *options: str) -> list[str]:
+    """`ktdeploy download --fan-out` from the fake hub's mirror, with the options naming the seed's path."""
+    return [str(Path(sys.executable).with_name("ktdeploy")), "download", "-i", str(inventory), "--source", "mirror",
+            "--endpoint", hub.mirror_url, "--fan-out", *options, "--plain"]
+
+
+def run_download(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def fan_out(inventory: Path, hub: FakeHub, port: int, seed) -> subprocess.Popen:
-    argv = [str(Path(sys.executable).with_name("ktdeploy")), "download", "-i", str(inventory), "--source", "mirror",
-            "--endpoint", hub.mirror_url, "--fan-out", "--seed", seed.name, "--peer-relay", f"{CONTROLLER_IP}:{port}",
-            "--plain"]
+    argv = download_argv(inventory, hub, "--seed", seed.name, "--peer-relay", f"{CONTROLLER_IP}:{port}")
     out = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the run goes on
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -174,11 +182,8 @@ def test_the_controller_as_seed(hosts, hub, tmp_path):
     for h in hosts[1:]:
         h.run(f"rm -rf {GGUF_DIR} {JOBS}/{SHARDS}", check=True, timeout=30)
     port = free_port()
-    argv = [str(Path(sys.executable).with_name("ktdeploy")), "download", "-i",
-            str(write_inventory(tmp_path / "hosts.yml", hosts)), "--source", "mirror", "--endpoint", hub.mirror_url,
-            "--fan-out", "--controller-seed", str(tmp_path / "ctl"), "--peer-address", f"{CONTROLLER_IP}:{port}",
-            "--plain"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = run_download(download_argv(write_inventory(tmp_path / "hosts.yml", hosts), hub, "--controller-seed",
+                                   str(tmp_path / "ctl"), "--peer-address", f"{CONTROLLER_IP}:{port}"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert f"fan-out: serving {tmp_path / 'ctl'} at http://{CONTROLLER_IP}:{port} for this run" in r.stderr
     got = sorted(x.file for x in hub.file_requests() if x.method == "GET" and x.sent)
@@ -200,10 +205,8 @@ def test_hosts_on_a_lan_fetch_from_the_seed_directly(lab, hosts, hub, tmp_path):
     assert reaches(hosts[1], seed) and reaches(hosts[2], seed)  # ...until they share a LAN
     for h in hosts[1:]:
         h.run(f"rm -rf {GGUF_DIR} {JOBS}/{SHARDS}", check=True, timeout=30)
-    argv = [str(Path(sys.executable).with_name("ktdeploy")), "download", "-i",
-            str(write_inventory(tmp_path / "hosts.yml", hosts)), "--source", "mirror", "--endpoint", hub.mirror_url,
-            "--fan-out", "--seed", seed.name, "--plain"]  # no relay: the seed's own address, as on a LAN
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # no relay: the seed's own address, as on a LAN
+    r = run_download(download_argv(write_inventory(tmp_path / "hosts.yml", hosts), hub, "--seed", seed.name))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "relays" not in r.stderr
     truth = {p: hub.sha256(hub.repo_dir(GGUF_REPO) / p) for p in shard_paths()}
