@@ -121,10 +121,12 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     stop = task_result(report, "Stop before building when the host cannot build")
     assert stop["event"] == "runner_on_failed" and "CUDA toolkit not found: no working /usr/local/cuda/bin/nvcc" in stop["msg"]
     patched = task_result(report, "Apply the patch series")
-    assert patched["changed"] and [p.split("-", 1)[0] for p in patched["applied"]] == ["0001", "0002", "0003"]
+    assert patched["changed"] and [p.split("-", 1)[0] for p in patched["applied"]] == ["0001", "0002", "0003", "0004"]
     assert lab_host.run(f"grep -c moe_probe_sgemm {tree}/ktransformers/ktransformers_ext/operators/llamafile/moe.cpp", check=True).stdout.strip() != "0"
     # 0003: the IQ1_S kernel of v0.2.3post2 (mul_mat_iq1_s_q8_K is absent from the plain sdist)
     assert lab_host.run(f"grep -c mul_mat_iq1_s_q8_K {tree}/third_party/llamafile/iqk_mul_mat.inc", check=True).stdout.strip() != "0"
+    # and a FANCY build compiles them with VPOPCNTDQ, as the tag's does (not the #847 popcount fallback)
+    assert lab_host.run(f"grep -c -- -mavx512vpopcntdq {tree}/ktransformers/ktransformers_ext/CMakeLists.txt", check=True).stdout.strip() == "1"
 
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA" not in script and "unset USE_NUMA" in script
@@ -147,7 +149,7 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     rc, report, out = converge(lab_host, tmp_path / "second", PLAN_MULTI, index_url)
     assert rc != 0, out
     again = task_result(report, "Apply the patch series")
-    assert not again.get("changed") and again["applied"] == [] and len(again["already_applied"]) == 3
+    assert not again.get("changed") and again["applied"] == [] and len(again["already_applied"]) == 4
     assert not task_result(report, "Unpack the sdist").get("changed")
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA=1" in script and "export MAX_JOBS=64" in script

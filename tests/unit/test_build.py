@@ -208,8 +208,9 @@ def test_series_files_of_the_repo_load():
     root = share_dir() / "patches" / "ktransformers"
     old = build.load_series(str(root), "0.2.1.post1")
     new = build.load_series(str(root), "v0.2.3post2")
-    # the tag shares 0001 and 0002; only the sdist needs 0003 (the tag's IQ1_S/IQ2_XXS kernels)
-    assert old[:2] == new and [p["name"][:4] for p in old] == ["0001", "0002", "0003"]
+    # the tag shares 0001 and 0002; only the sdist needs 0003 (the tag's IQ1_S/IQ2_XXS kernels) and 0004
+    # (the tag's OpenAI model list and finish_reason)
+    assert old[:2] == new and [p["name"][:4] for p in old] == ["0001", "0002", "0003", "0004"]
     assert old[0]["name"].startswith("0001-") and "llamafile_sgemm" in old[0]["content"]
     assert build.series_digest(old) != build.series_digest(new) == build.series_digest(old[:2])
     with pytest.raises(build.BuildSettingsError, match="no patch series for KTransformers v9"):

@@ -125,20 +125,32 @@ def test_real_series_names_only_existing_patches():
 
 BACKPORT = "0003-backport-x86-iq1s-iq2xxs-expert-kernels.patch"
 BACKPORTED_FILES = ["third_party/llamafile/iqk_mul_mat.inc", "third_party/llamafile/sgemm.h", "third_party/llamafile/tinyblas_cpu_sgemm.inc"]
+EXT_CMAKE = "ktransformers/ktransformers_ext/CMakeLists.txt"
+
+
+def fancy_flags(cmake_text: str) -> list[str]:
+    """The flags the LLAMA_AVX512_FANCY_SIMD block of ktransformers_ext/CMakeLists.txt appends."""
+    blocks = [part.split("endif()", 1)[0] for part in cmake_text.split("if (LLAMA_AVX512_FANCY_SIMD)")[1:]]
+    gcc = [b for b in blocks if "list(APPEND ARCH_FLAGS -m" in b]  # not the MSVC block, which adds definitions
+    assert len(gcc) == 1, blocks
+    return [line.split()[-1].rstrip(")") for line in gcc[0].splitlines() if "ARCH_FLAGS" in line]
 
 
 def test_backport_is_only_in_the_sdist_series_after_the_others():
     sdist = [p["name"] for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1")]
-    assert sdist[-1] == BACKPORT and sdist[0].startswith("0001-") and sdist[1].startswith("0002-")
+    assert sdist[2] == BACKPORT and sdist[0].startswith("0001-") and sdist[1].startswith("0002-")
+    assert sdist[3].startswith("0004-server-openai") and len(sdist) == 4
     # v0.2.3post2 ships these kernels: the backport there would be reported as already applied
     tag = [p["name"] for p in build.load_series(str(SERIES_ROOT), "v0.2.3post2")]
     assert BACKPORT not in tag and tag == sdist[:2]
 
 
-def test_backport_touches_only_the_three_llamafile_files():
+def test_backport_touches_the_three_llamafile_files_and_the_fancy_flags():
     content = next(p["content"] for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1") if p["name"] == BACKPORT)
     targets = [line[len("+++ b/"):].split("\t")[0] for line in content.splitlines() if line.startswith("+++ ")]
-    assert targets == BACKPORTED_FILES
+    assert targets == [EXT_CMAKE, *BACKPORTED_FILES]
+    cmake_part = content.split("+++ b/" + EXT_CMAKE, 1)[1].split("\n--- a/", 1)[0]
+    assert [line for line in cmake_part.splitlines() if line.startswith(("+", "-"))] == ["+            list(APPEND ARCH_FLAGS -mavx512vpopcntdq)"]
     header = content.split("\n--- a/", 1)[0]
     for hunk_source in ("#754", "#847", "26bd889f", "v0.2.3post2", "Apache-2.0"):
         assert hunk_source in header
@@ -174,6 +186,9 @@ def test_backport_makes_the_sdist_files_those_of_the_tag(tmp_path):
     assert all((work / f).read_bytes() != (tag / f).read_bytes() for f in BACKPORTED_FILES)
     run_module(work, build.load_series(str(SERIES_ROOT), "0.2.1.post1"))
     assert all((work / f).read_bytes() == (tag / f).read_bytes() for f in BACKPORTED_FILES)
+    # a FANCY build compiles the kernels with the tag's flags (VPOPCNTDQ: not the #847 fallback)
+    assert fancy_flags((work / EXT_CMAKE).read_text()) == fancy_flags((tag / EXT_CMAKE).read_text())
+    assert "-mavx512vpopcntdq" in fancy_flags((work / EXT_CMAKE).read_text())
     backport = [p for p in build.load_series(str(SERIES_ROOT), "0.2.1.post1") if p["name"] == BACKPORT]
     result = run_module(tag, backport)
     assert result["already_applied"] == [BACKPORT] and result["changed"] is False
