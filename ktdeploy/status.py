@@ -333,7 +333,9 @@ def _endpoint_check(role: str, result: dict, svc: dict | None) -> Check:
         if not result.get("listed"):
             listed = ", ".join(result.get("models") or []) or "no model"
             want = expected or "a model"
-            return Check(name, "failed", f"/v1/models lists {listed}, not {want}")
+            hint = ("; this server's /v1/models is KTransformers 0.2.1's fixed list, which names no model: rebuild "
+                    "with ktdeploy's patch series (patch 0004) or use v0.2.3post2") if result.get("bare_list") else ""
+            return Check(name, "failed", f"/v1/models lists {listed}, not {want}{hint}")
         return Check(name, "ok", f"ready on {where}: {expected or result['models'][0]}{took}")
     error = result.get("error") or "no answer"
     if result.get("status") is not None:

@@ -569,8 +569,11 @@ def check_api(spec, expected, timeout):
     if status != 200:
         out["error"] = "HTTP %d: %s" % (status, str(data)[:200])
         return out
-    models = [m.get("id") for m in (data.get("data") or []) if isinstance(m, dict)] if isinstance(data, dict) else []
+    # OpenAI's {"data": [...]}; KTransformers 0.2.1's unpatched server answers a bare list instead
+    items = (data.get("data") or []) if isinstance(data, dict) else (data if isinstance(data, list) else [])
+    models = [str(m.get("id")) for m in items if isinstance(m, dict)]
     out["models"] = models
+    out["bare_list"] = isinstance(data, list)
     out["listed"] = (expected in models) if expected else bool(models)
     out["ok"] = True
     return out

@@ -87,6 +87,18 @@ def test_content_length_reply_and_the_request_it_sent(raw, tmp_path):
     assert "Authorization: Bearer sekret\r\n" in req and "Connection: close\r\n" in req
 
 
+def test_the_fixed_model_list_of_an_unpatched_ktransformers_0_2_1_is_named(raw):
+    # recorded from ktransformers 0.2.1.post1 on an H200 host, started with --model_name DeepSeek-V3-tiny
+    body = b'[{"id":"0","name":"ktranformers-model"}]'
+    srv = raw([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body), body])
+    out = sp.check_api(srv.spec(), "DeepSeek-V3-tiny", 3)
+    assert out["ok"] and not out["listed"] and out["models"] == ["0"] and out["bare_list"]
+    (check,) = [c for c in st.evaluate({"api": out, "services": [{"role": "api", "unit": "u", "state": "active"}],
+                                         "services_declared": True}) if c.name == "api"]
+    assert check.level == "failed" and check.detail.startswith("/v1/models lists 0, not DeepSeek-V3-tiny")
+    assert "patch 0004" in check.detail
+
+
 def test_post_body_and_a_chunked_json_reply_split_anywhere(raw):
     body = json.dumps({"choices": [{"finish_reason": "length"}]}).encode()
     srv = raw([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *chunked(body[:7], body[7:])], pause=0.01)
