@@ -5,7 +5,8 @@
 # Usage: bash tests/gpu/gather.sh [SHARED_DIR]   (default: ../shared beside the checkout)
 # KTD_CARRY_DIR (default .gpucarry) and KTD_CARRY_PYTHON (default 3.12, the GPU machine's) choose
 # where to and for which Python (the lab test rehearses the run on Debian 12's 3.11);
-# KTD_CARRY_ARCHIVE=skip and KTD_CARRY_SDIST=skip leave out the KTransformers sources.
+# KTD_CARRY_ARCHIVE=skip and KTD_CARRY_SDIST=skip leave out the KTransformers sources; KTD_CARRY_FLASH_ATTN=yes
+# adds flash-attn's sdist.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 shared=${1:-../shared}
@@ -24,11 +25,14 @@ else
   cp -f "$src/$archive" "$src/SHA256SUMS" "$carry/"
 fi
 
-# The PyPI sdist of 0.2.1.post1 (the tutorial's route; KTD_GPU_KT=0.2.1.post1 in run.sh), fetched from
-# the index pip is configured with and checked against its known sha256. pip download would run its
-# setup.py, which needs a CUDA torch.
-if [ "${KTD_CARRY_SDIST:-yes}" != skip ]; then
-  python3 - "$carry" <<'PY'
+# sdists from the index pip is configured with, each checked against its known sha256 (pip download
+# would run their setup.py, which needs a CUDA torch): KTransformers 0.2.1.post1 (the tutorial's route;
+# KTD_GPU_KT=0.2.1.post1 in run.sh; KTD_CARRY_SDIST=skip leaves it out) and, with KTD_CARRY_FLASH_ATTN=yes,
+# flash-attn 2.8.3 (tests/gpu/flash_attn_build.sh times its source build; 8 MB more: with the archive too
+# the carry would pass the device tool's 64 MiB, so take KTD_CARRY_ARCHIVE=skip with it).
+if [ "${KTD_CARRY_SDIST:-yes}" != skip ] || [ "${KTD_CARRY_FLASH_ATTN:-no}" = yes ]; then
+  KTD_CARRY_SDIST=${KTD_CARRY_SDIST:-yes} KTD_CARRY_FLASH_ATTN=${KTD_CARRY_FLASH_ATTN:-no} python3 - "$carry" <<'PY'
+import os
 import hashlib, sys, urllib.request
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -37,16 +41,19 @@ from pip._internal.models.index import PyPI
 from ktdeploy import build
 c = Configuration(isolated=False); c.load(); d = dict(c.items())
 index = (d.get(":env:.index-url") or d.get("global.index-url") or PyPI.simple_url).rstrip("/")
-page = f"{index}/ktransformers/"
-name = "ktransformers-0.2.1.post1.tar.gz"
-with urllib.request.urlopen(page, timeout=60) as r:
-    url = build.sdist_link(r.read().decode(), page, name)["url"]
-dest = Path(sys.argv[1]) / name
-data = urllib.request.urlopen(url, timeout=300).read()
-want = build.KNOWN_SDIST_SHA256["0.2.1.post1"]
-if hashlib.sha256(data).hexdigest() != want:
-    sys.exit(f"gather.sh: {name} from the index is not the known sdist (sha256 {want})")
-dest.write_bytes(data)
+wanted = {}
+if os.environ["KTD_CARRY_SDIST"] != "skip":
+    wanted[("ktransformers", "ktransformers-0.2.1.post1.tar.gz")] = build.KNOWN_SDIST_SHA256["0.2.1.post1"]
+if os.environ["KTD_CARRY_FLASH_ATTN"] == "yes":
+    wanted[("flash-attn", "flash_attn-2.8.3.tar.gz")] = "1e71dd64a9e0280e0447b8a0c2541bad4bf6ac65bdeaa2f90e51a9e57de0370d"
+for (project, name), want in wanted.items():
+    page = f"{index}/{project}/"
+    with urllib.request.urlopen(page, timeout=60) as r:
+        url = build.sdist_link(r.read().decode(), page, name)["url"]
+    data = urllib.request.urlopen(url, timeout=300).read()
+    if hashlib.sha256(data).hexdigest() != want:
+        sys.exit(f"gather.sh: {name} from the index is not the known sdist (sha256 {want})")
+    (Path(sys.argv[1]) / name).write_bytes(data)
 PY
 fi
 
