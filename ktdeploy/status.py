@@ -352,7 +352,10 @@ def _endpoint_check(role: str, result: dict, svc: dict | None) -> Check:
 def _deep_checks(deep: dict) -> list[Check]:
     out = []
     comp = deep.get("completion") or {}
-    if comp.get("ok"):
+    if comp.get("ok") and comp.get("first_token_only"):
+        out.append(Check("completion", "ok", f"first token in {comp.get('elapsed_s')} s (streamed and stopped there: "
+                                             "this engine ignores max_tokens)"))
+    elif comp.get("ok"):
         out.append(Check("completion", "ok", f"1-token completion in {comp.get('elapsed_s')} s ({comp.get('finish_reason')})"))
     else:
         why = comp.get("error") or f"finish_reason {comp.get('finish_reason')!r}"
@@ -360,7 +363,8 @@ def _deep_checks(deep: dict) -> list[Check]:
     stream = deep.get("stream") or {}
     if stream.get("ok"):
         rate = f", {stream['tokens_per_s']} tok/s" if stream.get("tokens_per_s") else ""
-        out.append(Check("stream", "ok", f"TTFT {stream.get('ttft_s')} s{rate} ({stream.get('completion_tokens')} tokens)"))
+        stopped = ", stopped there" if stream.get("stopped_after") else ""
+        out.append(Check("stream", "ok", f"TTFT {stream.get('ttft_s')} s{rate} ({stream.get('completion_tokens')} tokens{stopped})"))
     else:
         out.append(Check("stream", "failed", f"streamed request failed: {stream.get('error') or 'no answer'}"))
     return out

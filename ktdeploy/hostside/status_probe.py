@@ -51,7 +51,8 @@ def main(argv):
     out["deep"] = None
     if cfg.get("deep") and api and out["api"]["ok"]:  # nothing to measure while the API does not answer
         model = expected or first_model(out["api"])
-        out["deep"] = deep_check(api, model, float(cfg.get("deep_timeout", 60)), int(cfg.get("stream_tokens", 16)))
+        out["deep"] = deep_check(api, model, float(cfg.get("deep_timeout", 60)), int(cfg.get("stream_tokens", 16)),
+                                 served_engine(out["stages"], out["release"]))
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 
@@ -120,6 +121,15 @@ def read_stages(state_dir, errors):
         if record is not None:
             stages[name] = {"record": record, "mtime": os.path.getmtime(path)}
     return stages
+
+
+def served_engine(stages, release):
+    """The engine behind the API: the current release's, else the serving stage record's."""
+    if isinstance(release, dict) and release.get("engine"):
+        return release["engine"]
+    record = (stages.get("serve") or {}).get("record")
+    settings = record.get("settings") if isinstance(record, dict) else None
+    return settings.get("engine") if isinstance(settings, dict) else None
 
 
 def declared_services(stages):
@@ -607,8 +617,23 @@ def first_model(api):
     return models[0] if models else None
 
 
-def deep_check(spec, model, timeout, stream_tokens):
+# Engines whose OpenAI server ignores max_tokens: KTransformers 0.2.x's ChatCompletionCreate has no
+# such field, so a request runs to the server's --max_new_tokens (2048 by default: minutes with R1).
+# The probe streams its requests to them and hangs up after the tokens it wants; the server stops
+# generating when it sees the client gone.
+IGNORES_MAX_TOKENS = ("ktransformers",)
+
+
+def deep_check(spec, model, timeout, stream_tokens, engine=None):
     out = {"model": model}
+    if engine in IGNORES_MAX_TOKENS:
+        first = stream_check(spec, model, timeout, 1, prompt="ping", stop_after=1)
+        out["completion"] = {"ok": first.get("ok", False), "first_token_only": True, "status": first.get("status"),
+                             "elapsed_s": first.get("ttft_s")}
+        if not first.get("ok"):
+            out["completion"]["error"] = first.get("error") or "no token"
+        out["stream"] = stream_check(spec, model, timeout, stream_tokens, stop_after=stream_tokens)
+        return out
     msgs = [{"role": "user", "content": "ping"}]
     body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
     try:
@@ -626,11 +651,13 @@ def deep_check(spec, model, timeout, stream_tokens):
     return out
 
 
-def stream_check(spec, model, timeout, max_tokens):
-    """Time to first token and decode tokens/s of one short streamed request, measured here."""
+def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten.", stop_after=None):
+    """Time to first token and decode tokens/s of one short streamed request, measured here.
+
+    stop_after: hang up after that many tokens instead of waiting for the server's end."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Count from one to ten."}]}
+            "messages": [{"role": "user", "content": prompt}]}
     out = {"ok": False}
     conn = HTTPConnection(address(spec), spec.get("port"), timeout=timeout)
     t0 = time.monotonic()
@@ -643,7 +670,7 @@ def stream_check(spec, model, timeout, max_tokens):
         if resp.status != 200:
             out["error"] = "HTTP %d: %s" % (resp.status, resp.read(500).decode("utf-8", "replace"))
             return out
-        out.update(read_sse(resp, t0, time.monotonic() + timeout))
+        out.update(read_sse(resp, t0, time.monotonic() + timeout, stop_after))
     except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
     finally:
@@ -651,10 +678,10 @@ def stream_check(spec, model, timeout, max_tokens):
     return out
 
 
-def read_sse(lines, t0, deadline):
-    """Read an OpenAI chat SSE stream (iterable of byte lines) until [DONE] or the deadline."""
+def read_sse(lines, t0, deadline, stop_after=None):
+    """Read an OpenAI chat SSE stream (iterable of byte lines) until [DONE], stop_after tokens, or the deadline."""
     t_first = t_last = None
-    deltas, usage, timings, done = 0, None, None, False
+    deltas, usage, timings, done, stopped = 0, None, None, False, False
     for raw in lines:
         line = raw.decode("utf-8", "replace").strip()
         if time.monotonic() > deadline:
@@ -678,8 +705,13 @@ def read_sse(lines, t0, deadline):
                 t_first = t_first if t_first is not None else now
                 t_last = now
                 deltas += 1
-    out = {"ok": done and t_first is not None, "content_deltas": deltas}
-    if not done:
+        if stop_after and deltas >= stop_after:
+            stopped = True
+            break
+    out = {"ok": (done or stopped) and t_first is not None, "content_deltas": deltas}
+    if stopped:
+        out["stopped_after"] = deltas
+    elif not done:
         out["error"] = "stream ended without [DONE]"
     elif t_first is None:
         out["error"] = "stream carried no tokens"

@@ -44,9 +44,12 @@ class RawServer:
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + rest)
-                for part in self.reply:
-                    conn.sendall(part)
-                    time.sleep(self.pause)
+                try:
+                    for part in self.reply:
+                        conn.sendall(part)
+                        time.sleep(self.pause)
+                except OSError:  # the client hung up mid-reply
+                    continue
                 time.sleep(self.hold)
 
     def spec(self):
@@ -122,6 +125,44 @@ def test_stream_in_chunks_that_split_lines_counts_every_token(raw):
     out = sp.stream_check(srv.spec(), "m", 5, 16)
     assert out["ok"] and out["content_deltas"] == 3 and out["completion_tokens"] == 3, out
     assert out["status"] == 200 and out["ttft_s"] >= 0
+
+
+def ktransformers_chunk(text: str) -> bytes:
+    # the shape of KTransformers 0.2.1.post1's stream, recorded on an H200 host ("data:" without a space)
+    return b"data:" + json.dumps({"id": "1f7f", "object": "chat.completion.chunk", "created": 1796163514,
+                                  "choices": [{"index": 0, "delta": {"content": text, "role": "assistant"},
+                                               "finish_reason": None}]}).encode() + b"\n\n"
+
+
+def test_deep_check_hangs_up_on_an_engine_that_ignores_max_tokens(raw):
+    # 200 tokens, 50 ms apart, and no end: what a KTransformers server does with max_tokens 1 (it runs to
+    # its --max_new_tokens); the probe must take its tokens and go, not wait for 10 s of generation
+    srv = raw([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+               *chunked(*(ktransformers_chunk(f"t{i} ") for i in range(200)))], pause=0.05)
+    started = time.monotonic()
+    out = sp.deep_check(srv.spec(), "DeepSeek-V3-tiny", 30, 4, "ktransformers")
+    assert time.monotonic() - started < 5, out
+    assert out["completion"]["ok"] and out["completion"]["first_token_only"] and out["completion"]["elapsed_s"] >= 0
+    assert out["stream"]["ok"] and out["stream"]["stopped_after"] == 4 and out["stream"]["completion_tokens"] == 4
+    bodies = [json.loads(r.partition(b"\r\n\r\n")[2]) for r in srv.requests]
+    assert [b["stream"] for b in bodies] == [True, True] and bodies[0]["messages"][0]["content"] == "ping"
+    checks = {c.name: c for c in st.evaluate({"deep": out})}
+    assert checks["completion"].level == "ok" and "this engine ignores max_tokens" in checks["completion"].detail
+    assert checks["stream"].level == "ok" and "(4 tokens, stopped there)" in checks["stream"].detail
+
+
+def test_deep_check_of_other_engines_waits_for_the_servers_end(raw):
+    srv = raw([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+               *chunked(*(ktransformers_chunk(f"t{i} ") for i in range(6)), b"data: [DONE]\n\n")])
+    out = sp.stream_check(srv.spec(), "m", 5, 4)
+    assert out["ok"] and out["content_deltas"] == 6 and "stopped_after" not in out
+
+
+def test_the_engine_comes_from_the_release_else_the_serve_record():
+    serve = {"serve": {"record": {"settings": {"engine": "llama.cpp"}}}}
+    assert sp.served_engine(serve, None) == "llama.cpp"
+    assert sp.served_engine(serve, {"engine": "ktransformers"}) == "ktransformers"
+    assert sp.served_engine({}, {"current": "r1"}) is None
 
 
 def test_close_delimited_stream_of_an_http_1_0_server(raw):
