@@ -87,9 +87,8 @@ def read_plan(state_dir, stages, errors):
     """The plan's summary from plan.json, else the plan stage record's settings (scalars only)."""
     plan = read_json(os.path.join(state_dir, "plan.json"), errors)
     if not isinstance(plan, dict):
-        record = (stages.get("plan") or {}).get("record")
-        plan = record.get("settings") if isinstance(record, dict) else None
-        if not isinstance(plan, dict):
+        plan = stage_settings(stages, "plan")
+        if plan is None:
             return None
     if isinstance(plan.get("summary"), dict):
         return plan["summary"]
@@ -123,13 +122,18 @@ def read_stages(state_dir, errors):
     return stages
 
 
+def stage_settings(stages, name):
+    """The settings a stage record holds (a dict), or None."""
+    record = (stages.get(name) or {}).get("record")
+    settings = record.get("settings") if isinstance(record, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
 def served_engine(stages, release):
     """The engine behind the API: the current release's, else the serving stage record's."""
     if isinstance(release, dict) and release.get("engine"):
         return release["engine"]
-    record = (stages.get("serve") or {}).get("record")
-    settings = record.get("settings") if isinstance(record, dict) else None
-    return settings.get("engine") if isinstance(settings, dict) else None
+    return (stage_settings(stages, "serve") or {}).get("engine")
 
 
 def declared_services(stages):
@@ -627,12 +631,12 @@ IGNORES_MAX_TOKENS = ("ktransformers",)
 def deep_check(spec, model, timeout, stream_tokens, engine=None):
     out = {"model": model}
     if engine in IGNORES_MAX_TOKENS:
-        first = stream_check(spec, model, timeout, 1, prompt="ping", stop_after=1)
+        first = stream_check(spec, model, timeout, 1, prompt="ping", hang_up=True)
         out["completion"] = {"ok": first.get("ok", False), "first_token_only": True, "status": first.get("status"),
                              "elapsed_s": first.get("ttft_s")}
         if not first.get("ok"):
             out["completion"]["error"] = first.get("error") or "no token"
-        out["stream"] = stream_check(spec, model, timeout, stream_tokens, stop_after=stream_tokens)
+        out["stream"] = stream_check(spec, model, timeout, stream_tokens, hang_up=True)
         return out
     msgs = [{"role": "user", "content": "ping"}]
     body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
@@ -651,10 +655,10 @@ def deep_check(spec, model, timeout, stream_tokens, engine=None):
     return out
 
 
-def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten.", stop_after=None):
+def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten.", hang_up=False):
     """Time to first token and decode tokens/s of one short streamed request, measured here.
 
-    stop_after: hang up after that many tokens instead of waiting for the server's end."""
+    hang_up: close the connection after max_tokens tokens instead of waiting for the server's end."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": prompt}]}
@@ -670,7 +674,7 @@ def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten
         if resp.status != 200:
             out["error"] = "HTTP %d: %s" % (resp.status, resp.read(500).decode("utf-8", "replace"))
             return out
-        out.update(read_sse(resp, t0, time.monotonic() + timeout, stop_after))
+        out.update(read_sse(resp, t0, time.monotonic() + timeout, max_tokens if hang_up else None))
     except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
     finally:

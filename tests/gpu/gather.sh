@@ -30,9 +30,9 @@ fi
 # KTD_GPU_KT=0.2.1.post1 in run.sh; KTD_CARRY_SDIST=skip leaves it out) and, with KTD_CARRY_FLASH_ATTN=yes,
 # flash-attn 2.8.3 (tests/gpu/flash_attn_build.sh times its source build; 8 MB more: with the archive too
 # the carry would pass the device tool's 64 MiB, so take KTD_CARRY_ARCHIVE=skip with it).
-if [ "${KTD_CARRY_SDIST:-yes}" != skip ] || [ "${KTD_CARRY_FLASH_ATTN:-no}" = yes ]; then
-  KTD_CARRY_SDIST=${KTD_CARRY_SDIST:-yes} KTD_CARRY_FLASH_ATTN=${KTD_CARRY_FLASH_ATTN:-no} python3 - "$carry" <<'PY'
-import os
+ktsdist=${KTD_CARRY_SDIST:-yes} flash=${KTD_CARRY_FLASH_ATTN:-no}
+if [ "$ktsdist" != skip ] || [ "$flash" = yes ]; then
+  python3 - "$carry" "$ktsdist" "$flash" <<'PY'
 import hashlib, sys, urllib.request
 from pathlib import Path
 sys.path.insert(0, ".")
@@ -42,9 +42,9 @@ from ktdeploy import build
 c = Configuration(isolated=False); c.load(); d = dict(c.items())
 index = (d.get(":env:.index-url") or d.get("global.index-url") or PyPI.simple_url).rstrip("/")
 wanted = {}
-if os.environ["KTD_CARRY_SDIST"] != "skip":
+if sys.argv[2] != "skip":
     wanted[("ktransformers", "ktransformers-0.2.1.post1.tar.gz")] = build.KNOWN_SDIST_SHA256["0.2.1.post1"]
-if os.environ["KTD_CARRY_FLASH_ATTN"] == "yes":
+if sys.argv[3] == "yes":
     wanted[("flash-attn", "flash_attn-2.8.3.tar.gz")] = "1e71dd64a9e0280e0447b8a0c2541bad4bf6ac65bdeaa2f90e51a9e57de0370d"
 for (project, name), want in wanted.items():
     page = f"{index}/{project}/"
