@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urldefrag
 
-from ktdeploy.plan import GIB_PER_BUILD_JOB
+from ktdeploy.plan import CUDA_EXT_JOBS, GIB_PER_BUILD_JOB
 
 SETTING_KEYS = ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "kt_version")
 CPU_INSTRUCTS = ("NATIVE", "FANCY", "AVX512", "AVX2")
@@ -31,6 +31,12 @@ KNOWN_TAG_COMMITS = {
     "v0.2.1.post1": "09f5c5e77e81a5a0c352457b5687c6d9973fda6c",
     "v0.2.3post2": "c51818c39a980baaa754b4306564385d2596fd3b",
 }
+
+# setuptools reads this extra config file (relative to the source tree) beside setup.cfg; the build
+# script writes it there when the plan builds both extensions at once.
+EXTRA_CONFIG_NAME = "ktdeploy-build_ext.cfg"
+# How a build is scheduled, not what it builds: left out of the stamp, so a change rebuilds nothing.
+NOT_STAMPED = ("DIST_EXTRA_CONFIG",)
 
 _ARCH_RE = re.compile(r"^\d+\.\d+(\+PTX)?$")
 
@@ -63,6 +69,10 @@ def settings(build: Mapping) -> dict:
         jobs = out["max_jobs"]
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             problems.append(f"max_jobs must be a whole number >= 1, not {jobs!r}")
+    together = build.get("parallel_extensions")
+    if together is not None and not isinstance(together, bool):
+        problems.append(f"parallel_extensions must be true or false, not {together!r}")
+    out["parallel_extensions"] = together is True  # plans written before this setting build one at a time
     if "kt_version" in out and not str(out["kt_version"]).strip():
         problems.append("kt_version must name a KTransformers version, e.g. v0.2.3post2")
     if problems:
@@ -92,7 +102,15 @@ def build_env(build: Mapping, cuda_home: str) -> dict[str, str]:
     }
     if s["use_numa"]:
         env["USE_NUMA"] = "1"
+    if s["parallel_extensions"]:
+        env["DIST_EXTRA_CONFIG"] = EXTRA_CONFIG_NAME
     return env
+
+
+def peak_jobs(build: Mapping) -> int:
+    """Compile jobs running at once: CMake's, plus nvcc's when both extensions build together."""
+    s = settings(build)
+    return s["max_jobs"] + (CUDA_EXT_JOBS if s["parallel_extensions"] else 0)
 
 
 def stamp(*, source: str, patches: Sequence[str], torch_version: str, env: Mapping[str, str]) -> str:
@@ -101,7 +119,7 @@ def stamp(*, source: str, patches: Sequence[str], torch_version: str, env: Mappi
         "source": source,
         "patches": [hashlib.sha256(p.encode()).hexdigest() for p in patches],
         "torch": torch_version,
-        "env": dict(sorted(env.items())),
+        "env": dict(sorted((k, v) for k, v in env.items() if k not in NOT_STAMPED)),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

@@ -27,6 +27,8 @@ DISK_MARGIN = 1.05
 # 6 GiB per job leaves headroom, and 4 GiB stay for the system.
 GIB_PER_BUILD_JOB = 6
 GIB_KEPT_FOR_SYSTEM = 4
+# KTransformersOps' sources (v0.2.x setup.py): the most jobs its nvcc step adds when it builds beside cpuinfer_ext.
+CUDA_EXT_JOBS = 3
 MARLIN_MIN_CC = (8, 0)  # KLinearMarlin needs Ampere or newer
 R1_LAYERS = 61
 _SHIPPED_RULES = Path(__file__).parent / "data" / "optimize_rules"
@@ -58,6 +60,7 @@ class Plan:
     cpu_instruct: str | None
     torch_cuda_arch_list: str | None
     max_jobs: int
+    parallel_extensions: bool
     cpu_infer: int
     optimize_rule: str | None
     optimize_rule_shipped: bool
@@ -124,6 +127,7 @@ class Plan:
                 "cpu_instruct": self.cpu_instruct,
                 "torch_cuda_arch_list": self.torch_cuda_arch_list,
                 "max_jobs": self.max_jobs,
+                "parallel_extensions": self.parallel_extensions,
                 "kt_version": self.kt_version,
                 "flash_attn": attention_route.choose("auto", self.facts.python_env).to_dict() if self.engine == layout.KTRANSFORMERS else None,
             },
@@ -227,6 +231,13 @@ def max_jobs(cpus: int, memory_bytes: int) -> int:
     return int(max(1, min(cpus, by_ram)))
 
 
+def parallel_extensions(cpus: int, memory_bytes: int) -> bool:
+    """Build KTransformersOps (nvcc) beside cpuinfer_ext (CMake) rather than after it: only where the
+    RAM holds max_jobs plus the CUDA extension's jobs, since both then compile at once."""
+    by_ram = (memory_bytes / GIB - GIB_KEPT_FOR_SYSTEM) // GIB_PER_BUILD_JOB
+    return by_ram >= max_jobs(cpus, memory_bytes) + CUDA_EXT_JOBS
+
+
 def torch_cuda_arch_list(gpus: tuple[Gpu, ...]) -> str | None:
     caps = {g.cc_tuple for g in gpus if g.cc_tuple}
     return ";".join(f"{a}.{b}" for a, b in sorted(caps)) or None
@@ -293,6 +304,7 @@ def make_plan(
         cpu_instruct=instruct,
         torch_cuda_arch_list=torch_cuda_arch_list(facts.gpus),
         max_jobs=max_jobs(cpus, memory),
+        parallel_extensions=parallel_extensions(cpus, memory),
         cpu_infer=cpus + 1,  # CPUInfer(n) runs n - 1 worker threads
         optimize_rule=rule,
         optimize_rule_shipped=shipped,
@@ -316,7 +328,7 @@ def make_plan(
 
 # What a plan decides from the host's facts; `offline_plan` leaves these None.
 FROM_FACTS = {
-    "build": ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "flash_attn"),
+    "build": ("use_numa", "cpu_instruct", "torch_cuda_arch_list", "max_jobs", "parallel_extensions", "flash_attn"),
     "serve": ("cpu_infer", "optimize_rule", "n_gpu_layers", "supervisor"),
 }
 

@@ -130,7 +130,8 @@ def plan_table(plan: Plan):
                   + f"needs {model['min_ram_gib']} GiB RAM"),
         ("Build", f"KTransformers {build['kt_version']}, USE_NUMA {'set' if build['use_numa'] else 'unset'}, "
                   f"CPU_INSTRUCT {build['cpu_instruct']}, TORCH_CUDA_ARCH_LIST {build['torch_cuda_arch_list']}, "
-                  f"MAX_JOBS {build['max_jobs']}"),
+                  f"MAX_JOBS {build['max_jobs']}"
+                  + (", both extensions at once" if build.get("parallel_extensions") else "")),
         ("Serve", f"cpu_infer {serve['cpu_infer']}, rule {serve['optimize_rule']}"
                   f"{' (ktdeploy)' if serve['optimize_rule_shipped'] else ''}, port {serve['port']}, "
                   f"n_gpu_layers {serve['n_gpu_layers']}, under {serve['supervisor']}"),

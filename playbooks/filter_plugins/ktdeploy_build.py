@@ -43,6 +43,7 @@ class FilterModule:
             "ktdeploy_build_stamp": _wrap(_stamp),
             "ktdeploy_build_steps": _wrap(build.steps),
             "ktdeploy_build_problems": _wrap(build.build_problems),
+            "ktdeploy_build_peak_jobs": _wrap(build.peak_jobs),
             "ktdeploy_numa_log_problem": _wrap(build.numa_log_problem),
             "ktdeploy_patch_dir": _wrap(build.version_dir),
             "ktdeploy_sdist_link": _wrap(build.sdist_link),

@@ -138,6 +138,8 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=FANCY", "export TORCH_CUDA_ARCH_LIST=8.9",
                  "export MAX_JOBS=14", "export CMAKE_BUILD_PARALLEL_LEVEL=14", "export CUDA_HOME=/usr/local/cuda"):
         assert line in script
+    # 90 GiB for 14 jobs: no room for nvcc's beside CMake's, so the two extensions build one after the other
+    assert "export DIST_EXTRA_CONFIG" not in script and "printf" not in script
 
     # nothing half-installed: no build started, no package, no stamp, no build output
     left = lab_host.run(
@@ -153,4 +155,8 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     assert not task_result(report, "Unpack the sdist").get("changed")
     script = lab_host.run(f"cat {tree}.build.sh", check=True).stdout
     assert "export USE_NUMA=1" in script and "export MAX_JOBS=64" in script
+    # 480 GiB: KTransformersOps builds beside cpuinfer_ext, through setuptools' extra config file in the tree
+    assert f"export DIST_EXTRA_CONFIG={build.EXTRA_CONFIG_NAME}" in script
+    written = script.index("\nprintf '[build_ext]\\nparallel = 2\\n' >\"$DIST_EXTRA_CONFIG\"\n")
+    assert script.index(f"\ncd {tree}\n") < written < script.index(" -m pip wheel ")
     assert "CUDA toolkit not found" in task_result(report, "Stop before building")["msg"]

@@ -236,3 +236,33 @@ def test_missing_or_old_cmake_is_a_problem(cmake, word):
 
 def test_pip_cmake_4_is_fine():
     assert build.build_problems(good_probe(cmake="cmake version 4.4.3\n"), max_jobs=8) == []
+
+
+def test_extensions_build_together_only_where_the_plan_says_so():
+    together = build.build_env(fixture_build("dual-gold6430-64vcpu-4090"), "/usr/local/cuda")
+    one_by_one = build.build_env(fixture_build("autodl-8352v-vgpu32"), "/usr/local/cuda")
+    assert together["DIST_EXTRA_CONFIG"] == build.EXTRA_CONFIG_NAME
+    assert "DIST_EXTRA_CONFIG" not in one_by_one
+    assert "DIST_EXTRA_CONFIG" not in build.build_env(PLAN_SINGLE, "/usr/local/cuda")  # a plan from before the setting
+
+
+def test_building_together_counts_the_cuda_jobs_in_the_ram_check():
+    assert build.peak_jobs(PLAN_SINGLE) == 8
+    assert build.peak_jobs({**PLAN_SINGLE, "parallel_extensions": True}) == 8 + plan.CUDA_EXT_JOBS
+    # 60 GiB available: 10 jobs of 6 GiB fit, 8 + 3 do not
+    (problem,) = build.build_problems(good_probe(), max_jobs=build.peak_jobs({**PLAN_SINGLE, "parallel_extensions": True}))
+    assert "not enough RAM for 11 build jobs" in problem
+
+
+def test_parallel_extensions_must_be_a_bool():
+    with pytest.raises(build.BuildSettingsError, match="parallel_extensions must be true or false, not 'yes'"):
+        build.settings({**PLAN_SINGLE, "parallel_extensions": "yes"})
+
+
+def test_building_together_does_not_change_the_stamp():
+    """How the build is scheduled changes nothing in the wheel: hosts built before keep their build."""
+    base = dict(source="sdist:0.2.1.post1", patches=["a"], torch_version="2.6.0+cu126")
+    env = build.build_env(PLAN_SINGLE, "/usr/local/cuda")
+    env_together = build.build_env({**PLAN_SINGLE, "parallel_extensions": True}, "/usr/local/cuda")
+    assert env != env_together
+    assert build.stamp(**base, env=env) == build.stamp(**base, env=env_together)

@@ -46,8 +46,9 @@ H200_SDPA = {"route": "sdpa", "wheel": "", "reason": (
     "torch 2.4-2.8): ktdeploy's flash_attn_func on torch's scaled_dot_product_attention")}
 
 
-def build(use_numa, instruct, arch, jobs, kt="v0.2.3post2", flash_attn=UNDECIDED):
-    return {"use_numa": use_numa, "cpu_instruct": instruct, "torch_cuda_arch_list": arch, "max_jobs": jobs, "kt_version": kt,
+def build(use_numa, instruct, arch, jobs, together, kt="v0.2.3post2", flash_attn=UNDECIDED):
+    return {"use_numa": use_numa, "cpu_instruct": instruct, "torch_cuda_arch_list": arch, "max_jobs": jobs,
+            "parallel_extensions": together, "kt_version": kt,
             "flash_attn": flash_attn}
 
 
@@ -67,7 +68,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Platinum 8352V CPU @ 2.10GHz", 2, 36, 2, 72, 16, 16.0, 2, False, True),
         memory_gib=90.0,
         gpus=[("NVIDIA vGPU-32GB", 32760, "8.9")],
-        build=build(False, "FANCY", "8.9", 14),
+        build=build(False, "FANCY", "8.9", 14, False),
         serve=serve(17, SINGLE, 10, "supervisord"),
         disk_needed=FULL,
         problems=[],
@@ -78,7 +79,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Gold 6430", 2, 32, 2, 64, 64, 64.0, 2, True, True),
         memory_gib=480.0,
         gpus=[("NVIDIA GeForce RTX 4090", 24564, "8.9")],
-        build=build(True, "FANCY", "8.9", 64),
+        build=build(True, "FANCY", "8.9", 64, True),
         serve=serve(65, SINGLE, 7, "supervisord"),
         disk_needed=FULL,
         problems=[],
@@ -89,7 +90,7 @@ EXPECTED = {
         cpu=cpu("AMD EPYC 9654 96-Core Processor", 1, 96, 2, 96, 96, None, 4, False, True),
         memory_gib=503.6,
         gpus=[("NVIDIA RTX A6000", 49140, "8.6")] * 2,
-        build=build(False, "FANCY", "8.6", 83),
+        build=build(False, "FANCY", "8.6", 83, False),
         serve=serve(97, MULTI, 40, "systemd"),
         disk_needed=FULL,
         problems=[],
@@ -100,7 +101,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Platinum 8480+", 2, 56, 2, 112, 112, None, 4, True, True),
         memory_gib=1007.4,
         gpus=[("NVIDIA H100 80GB HBM3", 81559, "9.0")],
-        build=build(True, "FANCY", "9.0", 112),
+        build=build(True, "FANCY", "9.0", 112, True),
         serve=serve(113, SINGLE, 33, "systemd"),
         disk_needed=FULL,
         problems=[],
@@ -111,7 +112,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Processor", 1, 2, 1, 2, 2, None, 1, False, True),
         memory_gib=23.5,
         gpus=[],
-        build=build(False, "FANCY", None, 2),
+        build=build(False, "FANCY", None, 2, False),
         serve=serve(3, None, 0, "supervisord"),
         disk_needed=FULL,
         problems=["ram_below_minimum", "disk_full", "no_gpu"],
@@ -124,7 +125,7 @@ EXPECTED = {
         memory_gib=125.9,
         gpus=[("NVIDIA H200", 143771, "9.0")],
         # its torch env was recorded too (python-env.json): torch 2.11 / CUDA 13 has no flash-attn wheel
-        build=build(False, "FANCY", "9.0", 16, flash_attn=H200_SDPA),
+        build=build(False, "FANCY", "9.0", 16, True, flash_attn=H200_SDPA),
         serve=serve(17, SINGLE, 61, "supervisord"),
         disk_needed=FULL,
         problems=["disk_full"],
@@ -135,7 +136,7 @@ EXPECTED = {
         cpu=cpu("AMD EPYC 7742 64-Core Processor", 2, 64, 2, 128, 128, None, 2, False, False),
         memory_gib=2015.5,
         gpus=[("NVIDIA A100-SXM4-80GB", 81920, "8.0")] * 8,
-        build=build(True, "AVX2", "8.0", 128),
+        build=build(True, "AVX2", "8.0", 128, True),
         serve=serve(129, MULTI, 61, "systemd"),
         disk_needed=FULL,
         problems=[],
@@ -146,7 +147,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Xeon(R) Gold 6226R CPU @ 2.90GHz", 2, 16, 2, 32, 32, None, 2, False, True),
         memory_gib=376.4,
         gpus=[("NVIDIA GeForce RTX 3090", 24576, "8.6")] * 2,
-        build=build(True, "AVX512", "8.6", 32),
+        build=build(True, "AVX512", "8.6", 32, True),
         serve=serve(33, MULTI, 18, "systemd"),
         disk_needed=FULL,
         problems=[],
@@ -157,7 +158,7 @@ EXPECTED = {
         cpu=cpu("Intel(R) Core(TM) i9-9900K CPU @ 3.60GHz", 1, 8, 2, 8, 8, None, 1, False, False),
         memory_gib=125.7,
         gpus=[("NVIDIA GeForce RTX 2080 Ti", 22528, "7.5")],
-        build=build(False, "AVX2", "7.5", 8),
+        build=build(False, "AVX2", "7.5", 8, True),
         serve=serve(9, "DeepSeek-V3-Chat-torch-linear.yaml", 6, "systemd", shipped=True),
         disk_needed=FULL,
         problems=[],
@@ -168,7 +169,7 @@ EXPECTED = {
         cpu=cpu("AMD Ryzen 9 5950X 16-Core Processor", 1, 16, 2, 16, 16, None, 1, False, False),
         memory_gib=62.7,
         gpus=[("NVIDIA GeForce RTX 3080", 10240, "8.6")],
-        build=build(False, "AVX2", "8.6", 9),
+        build=build(False, "AVX2", "8.6", 9, False),
         serve=serve(17, SINGLE, 0, "systemd"),
         disk_needed=30909522168,
         problems=["no_gpu"],
