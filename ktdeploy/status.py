@@ -353,7 +353,8 @@ def _deep_checks(deep: dict) -> list[Check]:
     out = []
     comp = deep.get("completion") or {}
     if comp.get("ok") and comp.get("first_token_only"):
-        out.append(Check("completion", "ok", f"first token in {comp.get('elapsed_s')} s (streamed and stopped there: "
+        after = ", after the server's own <think>" if comp.get("forced_prefix") else ""
+        out.append(Check("completion", "ok", f"first token in {comp.get('elapsed_s')} s (streamed and stopped there{after}: "
                                              "this engine ignores max_tokens)"))
     elif comp.get("ok"):
         out.append(Check("completion", "ok", f"1-token completion in {comp.get('elapsed_s')} s ({comp.get('finish_reason')})"))

@@ -626,17 +626,23 @@ def first_model(api):
 # The probe streams its requests to them and hangs up after the tokens it wants; the server stops
 # generating when it sees the client gone.
 IGNORES_MAX_TOKENS = ("ktransformers",)
+# With --force_think these servers stream "<think>\n" before the prompt's prefill: not a token of the model,
+# so it neither starts the TTFT clock nor counts as a token.
+FORCED_PREFIX = {"ktransformers": "<think>"}
 
 
 def deep_check(spec, model, timeout, stream_tokens, engine=None):
     out = {"model": model}
     if engine in IGNORES_MAX_TOKENS:
-        first = stream_check(spec, model, timeout, 1, prompt="ping", hang_up=True)
+        prefix = FORCED_PREFIX.get(engine)
+        first = stream_check(spec, model, timeout, 1, prompt="ping", hang_up=True, forced_prefix=prefix)
         out["completion"] = {"ok": first.get("ok", False), "first_token_only": True, "status": first.get("status"),
                              "elapsed_s": first.get("ttft_s")}
         if not first.get("ok"):
             out["completion"]["error"] = first.get("error") or "no token"
-        out["stream"] = stream_check(spec, model, timeout, stream_tokens, hang_up=True)
+        if first.get("forced_prefix"):
+            out["completion"]["forced_prefix"] = True
+        out["stream"] = stream_check(spec, model, timeout, stream_tokens, hang_up=True, forced_prefix=prefix)
         return out
     msgs = [{"role": "user", "content": "ping"}]
     body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
@@ -655,10 +661,11 @@ def deep_check(spec, model, timeout, stream_tokens, engine=None):
     return out
 
 
-def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten.", hang_up=False):
+def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten.", hang_up=False, forced_prefix=None):
     """Time to first token and decode tokens/s of one short streamed request, measured here.
 
-    hang_up: close the connection after max_tokens tokens instead of waiting for the server's end."""
+    hang_up: close the connection after max_tokens tokens instead of waiting for the server's end.
+    forced_prefix: text the server sends first on its own (FORCED_PREFIX), left out of the count."""
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": prompt}]}
@@ -674,7 +681,7 @@ def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten
         if resp.status != 200:
             out["error"] = "HTTP %d: %s" % (resp.status, resp.read(500).decode("utf-8", "replace"))
             return out
-        out.update(read_sse(resp, t0, time.monotonic() + timeout, max_tokens if hang_up else None))
+        out.update(read_sse(resp, t0, time.monotonic() + timeout, max_tokens if hang_up else None, forced_prefix))
     except (OSError, HTTPException) as exc:
         out["error"] = describe_http_error(exc)
     finally:
@@ -682,10 +689,12 @@ def stream_check(spec, model, timeout, max_tokens, prompt="Count from one to ten
     return out
 
 
-def read_sse(lines, t0, deadline, stop_after=None):
-    """Read an OpenAI chat SSE stream (iterable of byte lines) until [DONE], stop_after tokens, or the deadline."""
+def read_sse(lines, t0, deadline, stop_after=None, forced_prefix=None):
+    """Read an OpenAI chat SSE stream (iterable of byte lines) until [DONE], stop_after tokens, or the deadline.
+
+    A first delta that is forced_prefix (whitespace aside) is the server's, not the model's: not counted."""
     t_first = t_last = None
-    deltas, usage, timings, done, stopped = 0, None, None, False, False
+    deltas, usage, timings, done, stopped, prefixed = 0, None, None, False, False, False
     for raw in lines:
         line = raw.decode("utf-8", "replace").strip()
         if time.monotonic() > deadline:
@@ -704,7 +713,10 @@ def read_sse(lines, t0, deadline, stop_after=None):
         timings = chunk.get("timings") or timings
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("reasoning_content"):
+            text = delta.get("content") or delta.get("reasoning_content")
+            if text and forced_prefix and not deltas and not prefixed and text.strip() == forced_prefix:
+                prefixed = True
+            elif text:
                 now = time.monotonic()
                 t_first = t_first if t_first is not None else now
                 t_last = now
@@ -713,6 +725,8 @@ def read_sse(lines, t0, deadline, stop_after=None):
             stopped = True
             break
     out = {"ok": (done or stopped) and t_first is not None, "content_deltas": deltas}
+    if prefixed:
+        out["forced_prefix"] = True
     if stopped:
         out["stopped_after"] = deltas
     elif not done:

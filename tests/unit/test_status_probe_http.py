@@ -21,8 +21,8 @@ from ktdeploy.hostside import status_probe as sp
 class RawServer:
     """Accepts connections on loopback and answers each with the given raw bytes (a list: sent apart)."""
 
-    def __init__(self, reply: list[bytes], pause: float = 0.0, hold: float = 0.0):
-        self.reply, self.pause, self.hold = reply, pause, hold
+    def __init__(self, reply: list[bytes], pause: float = 0.0, hold: float = 0.0, waits: dict[int, float] | None = None):
+        self.reply, self.pause, self.hold, self.waits = reply, pause, hold, waits or {}
         self.requests: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -45,9 +45,9 @@ class RawServer:
                     rest += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + rest)
                 try:
-                    for part in self.reply:
+                    for i, part in enumerate(self.reply):
                         conn.sendall(part)
-                        time.sleep(self.pause)
+                        time.sleep(self.pause + self.waits.get(i, 0.0))
                 except OSError:  # the client hung up mid-reply
                     continue
                 time.sleep(self.hold)
@@ -149,6 +149,25 @@ def test_deep_check_hangs_up_on_an_engine_that_ignores_max_tokens(raw):
     checks = {c.name: c for c in st.evaluate({"deep": out})}
     assert checks["completion"].level == "ok" and "this engine ignores max_tokens" in checks["completion"].detail
     assert checks["stream"].level == "ok" and "(4 tokens, stopped there)" in checks["stream"].detail
+
+
+def test_the_think_tag_a_ktransformers_server_sends_before_prefill_is_not_the_first_token(raw):
+    # --force_think: KTransformers 0.2.1.post1 and v0.2.3post2 stream "<think>\n" first, then prefill (recorded
+    # on the H200: 0.06 s to that chunk, seconds to the first token on a fresh server); 0.5 s of prefill here
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    parts = chunked(ktransformers_chunk("<think>\n"), *(ktransformers_chunk(f"t{i} ") for i in range(50)))
+    srv = raw([head, *parts], pause=0.01, waits={1: 0.5})
+    out = sp.deep_check(srv.spec(), "DeepSeek-V3-tiny", 30, 4, "ktransformers")
+    assert out["completion"]["ok"] and out["completion"]["forced_prefix"] and out["completion"]["elapsed_s"] >= 0.5, out
+    stream = out["stream"]
+    assert stream["ok"] and stream["forced_prefix"] and stream["ttft_s"] >= 0.5 and stream["completion_tokens"] == 4
+    assert stream["stopped_after"] == 4 and stream["tokens_per_s"] > 10  # 3 gaps of ~10 ms, not the prefill's 0.5 s
+    checks = {c.name: c for c in st.evaluate({"deep": out})}
+    assert "after the server's own <think>" in checks["completion"].detail
+    # other engines: a <think> the model streams is its token
+    srv = raw([head, *parts], pause=0.01, waits={1: 0.5})
+    out = sp.stream_check(srv.spec(), "m", 30, 4, hang_up=True)
+    assert out["ok"] and "forced_prefix" not in out and out["ttft_s"] < 0.5 and out["completion_tokens"] == 4
 
 
 def test_deep_check_of_other_engines_waits_for_the_servers_end(raw):
