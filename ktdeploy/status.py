@@ -363,9 +363,11 @@ def _deep_checks(deep: dict) -> list[Check]:
         out.append(Check("completion", "failed", f"1-token completion failed: {why}"))
     stream = deep.get("stream") or {}
     if stream.get("ok"):
-        rate = f", {stream['tokens_per_s']} tok/s" if stream.get("tokens_per_s") else ""
+        chunks = stream.get("counts") == "chunks"
+        rate = f", {stream['tokens_per_s']} {'chunks' if chunks else 'tok'}/s" if stream.get("tokens_per_s") else ""
         stopped = ", stopped there" if stream.get("stopped_after") else ""
-        out.append(Check("stream", "ok", f"TTFT {stream.get('ttft_s')} s{rate} ({stream.get('completion_tokens')} tokens{stopped})"))
+        count = f"{stream.get('completion_tokens')} {'streamed chunks, no token count sent' if chunks else 'tokens'}"
+        out.append(Check("stream", "ok", f"TTFT {stream.get('ttft_s')} s{rate} ({count}{stopped})"))
     else:
         out.append(Check("stream", "failed", f"streamed request failed: {stream.get('error') or 'no answer'}"))
     return out

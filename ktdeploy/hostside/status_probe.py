@@ -643,6 +643,9 @@ def deep_check(spec, model, timeout, stream_tokens, engine=None):
         if first.get("forced_prefix"):
             out["completion"]["forced_prefix"] = True
         out["stream"] = stream_check(spec, model, timeout, stream_tokens, hang_up=True, forced_prefix=prefix)
+        if not out["stream"].get("usage_tokens"):
+            # its streamer sends text at word ends, so a chunk may hold several tokens: the count is of chunks
+            out["stream"]["counts"] = "chunks"
         return out
     msgs = [{"role": "user", "content": "ping"}]
     body = {"model": model, "messages": msgs, "max_tokens": 1, "temperature": 0, "stream": False}
@@ -735,6 +738,8 @@ def read_sse(lines, t0, deadline, stop_after=None, forced_prefix=None):
         out["error"] = "stream carried no tokens"
     tokens = (usage or {}).get("completion_tokens") or deltas
     out["completion_tokens"] = tokens
+    if (usage or {}).get("completion_tokens"):
+        out["usage_tokens"] = True
     if t_first is not None:
         out["ttft_s"] = round(t_first - t0, 4)
         if tokens > 1 and t_last > t_first:
