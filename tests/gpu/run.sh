@@ -133,7 +133,7 @@ step "status --deep after the restart" bash -c "'$kt' status -i '$state/inventor
 
 step "provision again (must change nothing, build skipped by its stamp)" "$kt" provision -i "$state/inventory" --plain
 
-# Releases (opt-in, KTD_GPU_LIFECYCLE=1; not yet run on a GPU): the build's wheel is kept in its stamp's directory; a new
+# Releases (opt-in, KTD_GPU_LIFECYCLE=1; passed on the H200 on 2026-12-02): the build's wheel is kept in its stamp's directory; a new
 # server setting rolled out through `ktdeploy upgrade` (gated on status --deep), then rolled back.
 if [ "${KTD_GPU_LIFECYCLE:-0}" = 1 ]; then
   note "kept wheel: $(ls /srv/ktdeploy/build/wheels/*/ktransformers-*.whl 2>&1 | tr '\n' ' ')"
