@@ -226,16 +226,18 @@ def cpu_instruct(flags: frozenset[str]) -> str | None:
     return None
 
 
+def _jobs_ram_holds(memory_bytes: int) -> int:
+    return int((memory_bytes / GIB - GIB_KEPT_FOR_SYSTEM) // GIB_PER_BUILD_JOB)
+
+
 def max_jobs(cpus: int, memory_bytes: int) -> int:
-    by_ram = (memory_bytes / GIB - GIB_KEPT_FOR_SYSTEM) // GIB_PER_BUILD_JOB
-    return int(max(1, min(cpus, by_ram)))
+    return max(1, min(cpus, _jobs_ram_holds(memory_bytes)))
 
 
 def parallel_extensions(cpus: int, memory_bytes: int) -> bool:
     """Build KTransformersOps (nvcc) beside cpuinfer_ext (CMake) rather than after it: only where the
     RAM holds max_jobs plus the CUDA extension's jobs, since both then compile at once."""
-    by_ram = (memory_bytes / GIB - GIB_KEPT_FOR_SYSTEM) // GIB_PER_BUILD_JOB
-    return by_ram >= max_jobs(cpus, memory_bytes) + CUDA_EXT_JOBS
+    return _jobs_ram_holds(memory_bytes) >= max_jobs(cpus, memory_bytes) + CUDA_EXT_JOBS
 
 
 def torch_cuda_arch_list(gpus: tuple[Gpu, ...]) -> str | None:
