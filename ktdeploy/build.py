@@ -35,8 +35,12 @@ KNOWN_TAG_COMMITS = {
 # setuptools reads this extra config file (relative to the source tree) beside setup.cfg; the build
 # script writes it there when the plan builds both extensions at once.
 EXTRA_CONFIG_NAME = "ktdeploy-build_ext.cfg"
+# Elapsed seconds on every step of both ninja builds (CMake's and torch's), so the build log shows
+# where a build's time goes.
+NINJA_STATUS = "[%f/%t %es] "
 # How a build is scheduled, not what it builds: left out of the stamp, so a change rebuilds nothing.
-NOT_STAMPED = ("DIST_EXTRA_CONFIG",)
+# CMAKE_ARGS carries only lto_jobs_args() (the same LTO partitions, compiled side by side).
+NOT_STAMPED = ("DIST_EXTRA_CONFIG", "NINJA_STATUS", "CMAKE_ARGS")
 
 _ARCH_RE = re.compile(r"^\d+\.\d+(\+PTX)?$")
 
@@ -99,12 +103,25 @@ def build_env(build: Mapping, cuda_home: str) -> dict[str, str]:
         "CMAKE_BUILD_PARALLEL_LEVEL": jobs,
         "CUDA_HOME": cuda_home.rstrip("/"),
         "CUDA_PATH": cuda_home.rstrip("/"),
+        "CMAKE_ARGS": lto_jobs_args(s["max_jobs"]),
+        "NINJA_STATUS": NINJA_STATUS,
     }
     if s["use_numa"]:
         env["USE_NUMA"] = "1"
     if s["parallel_extensions"]:
         env["DIST_EXTRA_CONFIG"] = EXTRA_CONFIG_NAME
     return env
+
+
+def lto_jobs_args(jobs: int) -> str:
+    """CMake arguments that run cpuinfer_ext's link-time code generation as `jobs` parallel jobs.
+
+    pybind11 links the module with a bare `-flto`: under ninja (no make jobserver) GCC's lto-wrapper
+    then compiles every LTO partition one after the other ("using serial compilation of 13 LTRANS
+    jobs"), which is the heaviest code generation of the build. GCC takes the job count from any
+    `-flto=N` on the link line. setup.py appends `$CMAKE_ARGS`, split at spaces, to its CMake call.
+    """
+    return f"-DCMAKE_MODULE_LINKER_FLAGS=-flto={int(jobs)}"
 
 
 def peak_jobs(build: Mapping) -> int:

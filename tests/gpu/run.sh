@@ -113,6 +113,10 @@ step "preflight --deep" "$kt" preflight -i "$state/inventory" gpu0 --deep --mode
 step "provision (first converge: build and serve)" "$kt" provision -i "$state/inventory" --plain $force
 cp /srv/ktdeploy/build/ktransformers-*.log "$out/build.log" 2>/dev/null
 note "build: $(grep -h 'ktdeploy build' "$out/build.log" | tr '\n' ' ')"
+# NINJA_STATUS puts the elapsed seconds of each ninja (CMake's cpuinfer_ext, torch's KTransformersOps) on its steps
+note "last step of each ninja: $(grep -oE '\[([0-9]+)/\1 [0-9.]+s\] .{0,60}' "$out/build.log" | tr '\n' ' ')"
+check "cpuinfer_ext's LTO code generation ran in parallel (no serial LTRANS warning)" \
+  bash -c "! grep -h 'using serial compilation of' '$out/build.log'"
 if [ -f tests/gpu/moe_quant_check.py ]; then
   check "CPU MoE kernels of this build against numpy (IQ1_S, IQ2_XXS, Q4_K; IQ1_M refused)" \
     "$py" tests/gpu/moe_quant_check.py --threads 8

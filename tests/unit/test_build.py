@@ -62,6 +62,8 @@ def test_single_numa_plan_leaves_use_numa_out():
         "CMAKE_BUILD_PARALLEL_LEVEL": "8",
         "CUDA_HOME": "/usr/local/cuda-12.6",
         "CUDA_PATH": "/usr/local/cuda-12.6",
+        "CMAKE_ARGS": "-DCMAKE_MODULE_LINKER_FLAGS=-flto=8",
+        "NINJA_STATUS": "[%f/%t %es] ",
     }
 
 
@@ -266,3 +268,21 @@ def test_building_together_does_not_change_the_stamp():
     env_together = build.build_env({**PLAN_SINGLE, "parallel_extensions": True}, "/usr/local/cuda")
     assert env != env_together
     assert build.stamp(**base, env=env) == build.stamp(**base, env=env_together)
+
+
+def test_lto_code_generation_runs_as_many_jobs_as_the_plan_allows():
+    """pybind11's bare -flto compiles the LTO partitions one by one under ninja; -flto=N on the
+    module's link line spreads them over the plan's jobs (setup.py splits $CMAKE_ARGS at spaces)."""
+    env = build.build_env({**PLAN_SINGLE, "max_jobs": 3}, "/usr/local/cuda")
+    assert env["CMAKE_ARGS"].split(" ") == ["-DCMAKE_MODULE_LINKER_FLAGS=-flto=3"]
+    assert build.build_env(PLAN_MULTI, "/usr/local/cuda")["CMAKE_ARGS"] == "-DCMAKE_MODULE_LINKER_FLAGS=-flto=16"
+
+
+def test_scheduling_and_log_settings_do_not_change_the_stamp():
+    """LTO jobs and ninja's status line change how the build runs and what its log shows, not the
+    wheel: hosts built before them keep their build."""
+    base = dict(source="sdist:0.2.1.post1", patches=["a"], torch_version="2.6.0+cu126")
+    env = build.build_env(PLAN_SINGLE, "/usr/local/cuda")
+    before = {k: v for k, v in env.items() if k not in ("CMAKE_ARGS", "NINJA_STATUS")}
+    assert build.stamp(**base, env=env) == build.stamp(**base, env=before)
+    assert build.stamp(**base, env=env) != build.stamp(**base, env={**env, "MAX_JOBS": "9"})
