@@ -39,8 +39,11 @@ EXTRA_CONFIG_NAME = "ktdeploy-build_ext.cfg"
 # where a build's time goes.
 NINJA_STATUS = "[%f/%t %es] "
 # How a build is scheduled, not what it builds: left out of the stamp, so a change rebuilds nothing.
-# CMAKE_ARGS carries only lto_jobs_args() (the same LTO partitions, compiled side by side).
-NOT_STAMPED = ("DIST_EXTRA_CONFIG", "NINJA_STATUS", "CMAKE_ARGS")
+# CMAKE_ARGS carries only lto_jobs_args() (the same LTO partitions, compiled side by side);
+# NVCC_APPEND_FLAGS only nvcc_split_compile(): the Marlin kernels keep every tensor-core and memory
+# instruction, only registers and some integer arithmetic differ (docs/benchmarks.md), so a host
+# built without it keeps its build (ktransformers_force_rebuild rebuilds).
+NOT_STAMPED = ("DIST_EXTRA_CONFIG", "NINJA_STATUS", "CMAKE_ARGS", "NVCC_APPEND_FLAGS")
 
 _ARCH_RE = re.compile(r"^\d+\.\d+(\+PTX)?$")
 
@@ -84,7 +87,7 @@ def settings(build: Mapping) -> dict:
     return out
 
 
-def build_env(build: Mapping, cuda_home: str) -> dict[str, str]:
+def build_env(build: Mapping, cuda_home: str, split_compile: bool = True) -> dict[str, str]:
     """Environment for `pip install . --no-build-isolation`.
 
     `USE_NUMA` appears only when NUMA is wanted: CMake tests whether it is defined, so any value,
@@ -106,6 +109,8 @@ def build_env(build: Mapping, cuda_home: str) -> dict[str, str]:
         "CMAKE_ARGS": lto_jobs_args(s["max_jobs"]),
         "NINJA_STATUS": NINJA_STATUS,
     }
+    if split_compile and s["max_jobs"] > 1:
+        env["NVCC_APPEND_FLAGS"] = nvcc_split_compile(s["max_jobs"])
     if s["use_numa"]:
         env["USE_NUMA"] = "1"
     if s["parallel_extensions"]:
@@ -122,6 +127,17 @@ def lto_jobs_args(jobs: int) -> str:
     `-flto=N` on the link line. setup.py appends `$CMAKE_ARGS`, split at spaces, to its CMake call.
     """
     return f"-DCMAKE_MODULE_LINKER_FLAGS=-flto={int(jobs)}"
+
+
+def nvcc_split_compile(jobs: int) -> str:
+    """nvcc flags that run the device optimizer of one source on `jobs` threads.
+
+    KTransformersOps' gptq_marlin.cu is one source with every Marlin kernel instance in it: alone it
+    is nearly the whole build (668 of 676 s on the H200, the rest of the build beside it). nvcc reads
+    NVCC_APPEND_FLAGS on every call; the build script drops it where the toolkit does not know the
+    option.
+    """
+    return f"--split-compile={int(jobs)}"
 
 
 def peak_jobs(build: Mapping) -> int:

@@ -137,7 +137,9 @@ def test_sdist_patched_once_env_from_plan_and_no_toolkit_stops_the_build(lab_hos
     assert script.rstrip().endswith('mv "$wheels.tmp" "$wheels"')
     for line in ("export KTRANSFORMERS_FORCE_BUILD=TRUE", "export CPU_INSTRUCT=FANCY", "export TORCH_CUDA_ARCH_LIST=8.9",
                  "export MAX_JOBS=14", "export CMAKE_BUILD_PARALLEL_LEVEL=14", "export CUDA_HOME=/usr/local/cuda",
-                 "export CMAKE_ARGS=-DCMAKE_MODULE_LINKER_FLAGS=-flto=14", "export NINJA_STATUS='[%f/%t %es] '"):
+                 "export CMAKE_ARGS=-DCMAKE_MODULE_LINKER_FLAGS=-flto=14", "export NINJA_STATUS='[%f/%t %es] '",
+                 "export NVCC_APPEND_FLAGS=--split-compile=14",
+                 'if ! "$CUDA_HOME/bin/nvcc" $NVCC_APPEND_FLAGS -dryrun -x cu -c /dev/null -o /dev/null >/dev/null 2>&1; then'):
         assert line in script
     # 90 GiB for 14 jobs: no room for nvcc's beside CMake's, so the two extensions build one after the other
     assert "export DIST_EXTRA_CONFIG" not in script and "printf" not in script

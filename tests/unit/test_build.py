@@ -64,6 +64,7 @@ def test_single_numa_plan_leaves_use_numa_out():
         "CUDA_PATH": "/usr/local/cuda-12.6",
         "CMAKE_ARGS": "-DCMAKE_MODULE_LINKER_FLAGS=-flto=8",
         "NINJA_STATUS": "[%f/%t %es] ",
+        "NVCC_APPEND_FLAGS": "--split-compile=8",
     }
 
 
@@ -279,10 +280,19 @@ def test_lto_code_generation_runs_as_many_jobs_as_the_plan_allows():
 
 
 def test_scheduling_and_log_settings_do_not_change_the_stamp():
-    """LTO jobs and ninja's status line change how the build runs and what its log shows, not the
-    wheel: hosts built before them keep their build."""
+    """LTO jobs, nvcc's optimizer threads and ninja's status line change how the build runs and what
+    its log shows (nvcc's threads also the Marlin kernels' register allocation): hosts built before
+    them keep their build."""
     base = dict(source="sdist:0.2.1.post1", patches=["a"], torch_version="2.6.0+cu126")
     env = build.build_env(PLAN_SINGLE, "/usr/local/cuda")
-    before = {k: v for k, v in env.items() if k not in ("CMAKE_ARGS", "NINJA_STATUS")}
+    before = {k: v for k, v in env.items() if k not in ("CMAKE_ARGS", "NINJA_STATUS", "NVCC_APPEND_FLAGS")}
     assert build.stamp(**base, env=env) == build.stamp(**base, env=before)
     assert build.stamp(**base, env=env) != build.stamp(**base, env={**env, "MAX_JOBS": "9"})
+
+
+def test_nvcc_optimizes_the_one_big_source_on_the_plan_s_jobs():
+    assert build.build_env({**PLAN_SINGLE, "max_jobs": 3}, "/usr/local/cuda")["NVCC_APPEND_FLAGS"] == "--split-compile=3"
+    # one job: nothing to split over (nvcc would ignore --split-compile=1)
+    assert "NVCC_APPEND_FLAGS" not in build.build_env({**PLAN_SINGLE, "max_jobs": 1}, "/usr/local/cuda")
+    # ktransformers_nvcc_split_compile: false
+    assert "NVCC_APPEND_FLAGS" not in build.build_env(PLAN_SINGLE, "/usr/local/cuda", False)
