@@ -123,8 +123,8 @@ def lto_jobs_args(jobs: int) -> str:
 
     pybind11 links the module with a bare `-flto`: under ninja (no make jobserver) GCC's lto-wrapper
     then compiles every LTO partition one after the other ("using serial compilation of 13 LTRANS
-    jobs"), which is the heaviest code generation of the build. GCC takes the job count from any
-    `-flto=N` on the link line. setup.py appends `$CMAKE_ARGS`, split at spaces, to its CMake call.
+    jobs"). GCC takes the job count from any `-flto=N` on the link line. setup.py appends
+    `$CMAKE_ARGS`, split at spaces, to its CMake call.
     """
     return f"-DCMAKE_MODULE_LINKER_FLAGS=-flto={int(jobs)}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -197,6 +198,33 @@ def test_apt_fetch_failure_is_detected_and_names_the_source(by_playbook):
     assert run.rc != 0
     assert "apt-get update failed" in run.stdout and "10.203.0.1:9" in run.stdout, run.explain()
     assert not host.package("hello").is_installed
+
+
+def test_apt_update_that_hangs_is_cut_short_tried_again_and_named(by_playbook):
+    """A mirror or proxy that takes the request and never answers: apt-get update would wait on it
+    (a lab run once hung 15 min in apt-get update). The role kills each try after
+    base_apt_update_timeout, tries three times, then stops naming the timeout."""
+    from ktdeploy.lab.paths import CONTROLLER_IP
+
+    host = by_playbook.testinfra()
+    silent = socket.socket()
+    silent.bind((CONTROLLER_IP, 0))
+    silent.listen(16)  # connections complete in the kernel's queue; nothing ever reads or answers them
+    hanging = "/etc/apt/sources.list.d/ktdeploy-test-silent.list"
+    direct = "/etc/apt/apt.conf.d/99ktdeploy-test-silent"  # past the lab's apt proxy, which refuses such ports
+    host.run(f"echo 'deb http://{CONTROLLER_IP}:{silent.getsockname()[1]}/debian bookworm main' > {hanging} && "
+             f"echo 'Acquire::http::Proxy::{CONTROLLER_IP} \"DIRECT\";' > {direct}")
+    try:
+        run = by_playbook.playbook("--tags", "base", base_extra_packages=["hello"], base_apt_cache_valid_time=0,
+                                   base_apt_update_timeout=3)
+    finally:
+        host.run(f"rm -f {hanging} {direct}")
+        silent.close()
+    assert run.rc != 0
+    assert "did not finish within 3 s, three times (base_apt_update_timeout)" in run.stdout, run.explain()
+    assert run.stdout.count("FAILED - RETRYING: ") == 2, run.explain()  # three tries
+    assert not host.package("hello").is_installed
+    assert host.run("pgrep -x apt-get").rc == 1  # no apt-get left behind
 
 
 def test_untraversable_model_dir_fails_naming_the_directory(by_playbook):
