@@ -226,3 +226,14 @@ def test_the_spelling_check_finds_a_second_spelling(tmp_path, monkeypatch):
     assert found == {layout.STATE_DIR: ["roles/x/defaults/main.yml"], layout.LOG_DIR: [], "8080": ["templates/x.j2"],
                      layout.API_SERVICE: ["ktdeploy/x.py"]}
     assert _spellings(["llamacpp"], _word) == {"llamacpp": ["roles/x/defaults/main.yml"]}
+
+
+def test_the_longest_first_list_names_lab_modules_that_exist():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tests_root_conftest", REPO / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    assert conftest.LONGEST_FIRST
+    missing = [name for name in conftest.LONGEST_FIRST if not (REPO / "tests" / "integration" / name).is_file()]
+    assert not missing, f"tests/conftest.py LONGEST_FIRST names modules that are gone: {missing}"
