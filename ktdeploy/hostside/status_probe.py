@@ -1,17 +1,15 @@
 """ktdeploy status probe: runs ON the target host, stdlib only, prints one JSON document.
 
-Shipped by `ktdeploy status` as `python3 - CONFIG_JSON` in a single SSH round trip; the config carries
+Shipped by `ktdeploy status` as `python3 -S - CONFIG_JSON` in a single SSH round trip; the config carries
 the host layout (ktdeploy.layout's probe_defaults, laid under the host's settings). It only reads:
 stage records, the recorded plan, download state, the service manager's view of the services, and
 HTTP endpoints on 127.0.0.1 (bounded timeouts). It never changes anything on the host.
-Keep it compatible with Python 3.8 (hosts bring their own python3).
+Keep it compatible with Python 3.8 (hosts bring their own python3), and import at the top only
+what every run needs: each import is paid on every host at every `status`.
 """
 
-import glob
-import importlib.util
 import json
 import os
-import pathlib
 import re
 import socket
 import subprocess
@@ -62,7 +60,7 @@ def main(argv):
 
 def host_info():
     return {
-        "hostname": socket.gethostname(),
+        "hostname": os.uname().nodename,
         "uid": os.getuid(),
         "python": "%d.%d.%d" % sys.version_info[:3],
         "time": time.time(),
@@ -114,8 +112,14 @@ def read_release(state_dir, errors):
 
 def read_stages(state_dir, errors):
     stages = {}
-    for path in sorted(glob.glob(os.path.join(state_dir, "stages", "*.json"))):
-        name = os.path.basename(path)[: -len(".json")]
+    folder = os.path.join(state_dir, "stages")
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    except OSError:  # no stage has run here yet
+        names = []
+    for file_name in names:
+        path = os.path.join(folder, file_name)
+        name = file_name[: -len(".json")]
         record = read_json(path, errors)
         if record is not None:
             stages[name] = {"record": record, "mtime": os.path.getmtime(path)}
@@ -163,6 +167,9 @@ def download_state(cfg, state_dir, errors):
             return {"state": "none", "why": "no download was set up on this host"}
         return {"state": "unknown", "why": "not known: %s is not installed" % path}
     try:
+        import importlib.util
+        import pathlib
+
         spec = importlib.util.spec_from_file_location("ktdeploy_download_state", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

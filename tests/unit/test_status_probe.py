@@ -96,6 +96,15 @@ def test_probe_on_a_bare_host_uses_the_documented_names(tmp_path):
     assert {s["unit"]: s["port"] for s in out["services"]} == {"ktdeploy-api": 10002, "ktdeploy-webui": 8080}
 
 
+def test_stage_records_are_the_visible_json_files_in_name_order(tmp_path):
+    (tmp_path / "stages").mkdir()
+    for name in ("torch.json", "base.json", ".partial.json", "notes.txt"):
+        (tmp_path / "stages" / name).write_text('{"stage": "%s"}' % name)
+    out = run_probe_locally({"state_dir": str(tmp_path), "manager": "none"})
+    assert list(out["stages"]) == ["base", "torch"]
+    assert out["stages"]["base"]["record"] == {"stage": "base.json"} and out["errors"] == []
+
+
 def test_unreadable_record_is_reported_not_fatal(tmp_path):
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages" / "base.json").write_text("{not json")
