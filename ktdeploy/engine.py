@@ -14,6 +14,7 @@ Tasks that handle secrets must still use `no_log: true`: their results are event
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -176,6 +177,7 @@ def run_playbook(
     import ansible_runner.interface
 
     private = Path(tempfile.mkdtemp(prefix="ktdeploy-run-"))
+    run_lock = None
     events: queue.Queue = queue.Queue()
     stats: dict = {}
     errors: list[str] = []
@@ -195,7 +197,7 @@ def run_playbook(
             private_data_dir=str(private),
             artifact_dir=str(runs_dir()),
             ident=_ident(playbook),
-            rotate_artifacts=keep,
+            rotate_artifacts=0,  # pruned below, sparing the runs of other ktdeploy processes
             playbook=str(playbook_path(playbook)),
             inventory=inventory if isinstance(inventory, dict) else str(Path(inventory).resolve()),
             tags=",".join(tags) if tags else None,
@@ -211,6 +213,8 @@ def run_playbook(
             cancel_callback=cancel.is_set,
         )
         runner.config.env = _child_env(runner.config.env)
+        run_lock = _hold_run_lock(Path(runner.config.artifact_dir))
+        prune_runs(runs_dir(), keep)
         thread = threading.Thread(target=runner.run, name="ansible-runner", daemon=True)
         thread.start()
         _pump(thread, events, cancel, on_event, on_tick)
@@ -222,7 +226,53 @@ def run_playbook(
             errors=errors,
         )
     finally:
+        if run_lock is not None:
+            run_lock.close()
         shutil.rmtree(private, ignore_errors=True)
+
+
+RUN_LOCK = "ktdeploy-run.lock"
+
+
+def _hold_run_lock(record: Path):
+    """Mark this run's record as in use for as long as the returned file stays open (the kernel
+    drops the lock when the process dies, so a killed run's record can be pruned later)."""
+    f = open(record / RUN_LOCK, "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _in_use(record: Path) -> bool:
+    try:
+        with open(record / RUN_LOCK) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file: a record of an older ktdeploy, or gone meanwhile
+        return False
+    return False
+
+
+def prune_runs(root: Path, keep: int) -> None:
+    """Remove the oldest run records beyond `keep`. Two ktdeploy processes may share the runs
+    directory (two terminals, two test lanes): a record still in use by another run is kept, and a
+    record another process removed first is no error."""
+    if keep < 1:
+        return
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    try:
+        records = sorted((p for p in root.iterdir() if p.is_dir()), key=mtime)
+    except FileNotFoundError:
+        return
+    for old in records[: max(0, len(records) - keep)]:
+        if not _in_use(old):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _pump(thread, events: queue.Queue, cancel: threading.Event, on_event, on_tick) -> None:

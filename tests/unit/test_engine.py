@@ -124,6 +124,29 @@ def test_old_run_records_are_rotated(play, inventory, runs_dir):
     assert len(list(runs_dir.iterdir())) == 2
 
 
+def test_a_record_in_use_by_another_run_is_not_pruned(tmp_path):
+    """Two ktdeploy processes share the runs directory: one's pruning must not remove the record
+    the other is still writing (it did, with ansible-runner's own rotation, and both failed)."""
+    import os
+
+    records = []
+    for i, name in enumerate(["a-oldest", "b", "c", "d-newest"]):
+        d = tmp_path / name
+        d.mkdir()
+        os.utime(d, (1000 + i, 1000 + i))
+        records.append(d)
+    running = engine._hold_run_lock(records[0])
+    os.utime(records[0], (1000, 1000))
+    try:
+        engine.prune_runs(tmp_path, keep=2)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a-oldest", "c", "d-newest"]
+    finally:
+        running.close()
+    engine.prune_runs(tmp_path, keep=2)  # its run ended: now it goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d-newest"]
+    engine.prune_runs(tmp_path / "never-made", keep=2)
+
+
 def test_extravars_file_is_private_and_removed(tmp_path):
     cmd = engine._cmdline(tmp_path, {"k": "v"}, check=True, diff=False)
     vars_file = tmp_path / "extravars.json"
