@@ -20,7 +20,6 @@ from ktdeploy.hostside import download_job as dj
 from ktdeploy.hostside import download_state as ds
 from tests.support.fake_hub import CONFIG_REPO, GGUF_REPO, FakeHub, make_config_repo, make_gguf_repo, shard_paths
 
-CHUNK = 1 << 20  # the modelscope client's read size (MODELSCOPE_DOWNLOAD_CHUNK_SIZE_MB=1) and ours
 CLIENTS = {"modelscope": str(Path(sys.executable).with_name("modelscope")), "huggingface": None, "mirror": None}
 
 
@@ -128,13 +127,19 @@ def test_kill_9_mid_file_then_rerun_resumes(make_job, hub, source):
     time.sleep(0.3)
     s = ds.status(job)
     assert s["phase"] == "interrupted" and not s["running"] and 0 < s["done_bytes"] < s["total_bytes"]
+    # what the killed client had on disk, and what had left the hub: the bytes between the two were
+    # in flight (socket buffers, the client's read buffer) and are lost with it; a machine busy with
+    # other work leaves more of them in flight
+    files = ds.read_json(job / "manifest.json")["files"]
+    on_disk = {m["path"]: m["on_disk"] for m in ds.measure(files, dest)}
+    sent_before = {rel: hub.bytes_sent(rel) for rel in shard_paths()}
     hub.throttle_bps = None
     assert dj.ensure(job)["action"] == "started"
     assert wait_done(job)["phase"] == "complete"
     for rel in shard_paths():
-        sent = hub.bytes_sent(rel)
-        size = (dest / rel).stat().st_size
-        assert sent - size <= CHUNK, f"{rel}: fetched {sent - size} bytes twice: {hub.file_requests(rel)}"
+        twice = hub.bytes_sent(rel) - (dest / rel).stat().st_size
+        lost = sent_before[rel] - on_disk[rel]
+        assert twice <= lost, f"{rel}: {twice} bytes fetched twice, {lost} were in flight: {hub.file_requests(rel)}"
     assert any(r.start > 0 for r in hub.file_requests()), "no request resumed with Range"
 
 
