@@ -213,15 +213,16 @@ def run_playbook(
             cancel_callback=cancel.is_set,
         )
         runner.config.env = _child_env(runner.config.env)
-        run_lock = _hold_run_lock(Path(runner.config.artifact_dir))
-        prune_runs(runs_dir(), keep)
+        record = Path(runner.config.artifact_dir)
+        run_lock = _hold_run_lock(record)
+        prune_runs(record.parent, keep)
         thread = threading.Thread(target=runner.run, name="ansible-runner", daemon=True)
         thread.start()
         _pump(thread, events, cancel, on_event, on_tick)
         return RunResult(
             status=runner.status,
             rc=runner.rc if runner.rc is not None else -1,
-            artifact_dir=Path(runner.config.artifact_dir),
+            artifact_dir=record,
             hosts=_host_stats(stats),
             errors=errors,
         )

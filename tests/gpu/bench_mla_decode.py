@@ -159,7 +159,7 @@ def main() -> int:
         ckv, kpe = torch.split(kv_buf, [CKV, KPE], dim=-1)  # views, as KTransformers' cache hands them over
         ref = reference(q_nope, q_pe, ckv, kpe, kv_len)
         kv_bytes = kv_len * (CKV + KPE) * 2
-        rows: dict[str, tuple] = {}
+        rows: dict = {}
 
         # KTransformers' Triton decode kernel, as attention.py calls it
         query = torch.cat([q_nope, q_pe], dim=-1)  # [1, H, 576]
@@ -176,7 +176,7 @@ def main() -> int:
                 return out_tri
 
             name = "KTransformers Triton decode_attention_fwd_grouped" + ("" if splits == 4 else f" ({splits} KV splits)")
-            rows[name] = (tri, None)
+            rows[name] = tri
 
         if kt_fi is not None:
             t = time.perf_counter()
@@ -186,7 +186,7 @@ def main() -> int:
                 w.run(q_nope, q_pe, ckv, kpe)
                 torch.cuda.synchronize()
                 picked = getattr(w.wrapper, "_planned_backend_name", None) or "?"
-                rows[f"flashinfer via KTransformers' MLAWrapper ({picked})"] = (lambda w=w: w.run(q_nope, q_pe, ckv, kpe), None)
+                rows[f"flashinfer via KTransformers' MLAWrapper ({picked})"] = lambda w=w: w.run(q_nope, q_pe, ckv, kpe)
                 print(f"  kv {kv_len}: KTransformers' MLAWrapper planned and ran in {time.perf_counter() - t:.1f} s (a JIT build included, if one ran), backend {picked}")
             except Exception as exc:  # noqa: BLE001
                 print(f"  kv {kv_len}: KTransformers' MLAWrapper failed after {time.perf_counter() - t:.1f} s: {type(exc).__name__}: {str(exc)[:600]}")
@@ -201,13 +201,13 @@ def main() -> int:
                             HEADS, CKV, KPE, page, True, SM_SCALE, torch.bfloat16, torch.bfloat16)
                     fw.run(q_nope, q_pe, ckv, kpe)
                     torch.cuda.synchronize()
-                    rows[f"flashinfer backend={backend}"] = (lambda fw=fw: fw.run(q_nope, q_pe, ckv, kpe), None)
+                    rows[f"flashinfer backend={backend}"] = lambda fw=fw: fw.run(q_nope, q_pe, ckv, kpe)
                     print(f"  kv {kv_len}: flashinfer backend={backend} planned and ran in {time.perf_counter() - t:.1f} s")
                 except Exception as exc:  # noqa: BLE001
                     print(f"  kv {kv_len}: flashinfer backend={backend} failed after {time.perf_counter() - t:.1f} s: {type(exc).__name__}: {str(exc)[:600]}")
 
-        rows["torch reference (fp32)"] = (lambda: reference(q_nope, q_pe, ckv, kpe, kv_len), None)
-        for name, (fn, _) in rows.items():
+        rows["torch reference (fp32)"] = lambda: reference(q_nope, q_pe, ckv, kpe, kv_len)
+        for name, fn in rows.items():
             try:
                 out = fn()
                 torch.cuda.synchronize()
